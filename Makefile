@@ -1,0 +1,81 @@
+# a3c: `make train`, `make eval`, `make test`. Each sets up .venv by itself on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Where there is no NVIDIA GPU, pin the CPU build this workplace serves; otherwise let pip pick
+# a CUDA build within the package's range.
+TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.1,torch==2.13.0)
+EXTRAS ?= yaml
+
+# Training settings (empty means the default of `a3c train --help`).
+WORKERS ?=
+ENV ?=
+FRAMES ?=
+TIME_LIMIT ?=
+ENVS_PER_WORKER ?=
+SCREEN ?=
+BODY ?=
+LSTM ?=
+LR ?=
+SEED ?=
+RUNS_DIR ?= runs
+RUN_NAME ?=
+RESUME ?=
+CONFIG ?=
+EVAL_DEVICE ?=
+ARGS ?=
+# Evaluation settings.
+RUN ?=
+CHECKPOINT ?=
+EPISODES ?= 10
+DEVICE ?= auto
+# Benchmark settings.
+BENCH_WORKERS ?= 1 2
+BENCH_SECONDS ?= 60
+
+opt = $(if $(2),$(1) $(2))
+TRAIN_FLAGS = $(call opt,--workers,$(WORKERS)) $(call opt,--env-id,$(ENV)) \
+	$(call opt,--total-frames,$(FRAMES)) $(call opt,--time-limit,$(TIME_LIMIT)) \
+	$(call opt,--envs-per-worker,$(ENVS_PER_WORKER)) $(call opt,--screen-size,$(SCREEN)) \
+	$(call opt,--body,$(BODY)) $(if $(filter 1 yes true,$(LSTM)),--lstm) \
+	$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) --runs-dir $(RUNS_DIR) \
+	$(call opt,--run-name,$(RUN_NAME)) $(call opt,--resume,$(RESUME)) \
+	$(call opt,--config,$(CONFIG)) $(call opt,--eval-device,$(EVAL_DEVICE)) $(ARGS)
+EVAL_FLAGS = --runs-dir $(RUNS_DIR) $(call opt,--run,$(RUN)) $(call opt,--checkpoint,$(CHECKPOINT)) \
+	--episodes $(EPISODES) --device $(DEVICE) $(ARGS)
+
+.PHONY: install train eval test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[$(EXTRAS),test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+train: $(VENV)/.installed
+	$(BIN)/a3c train $(TRAIN_FLAGS)
+
+eval: $(VENV)/.installed
+	$(BIN)/a3c eval $(EVAL_FLAGS)
+
+test: $(VENV)/.test-installed
+	$(BIN)/ruff check a3c tests scripts
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check a3c tests scripts
+
+bench: $(VENV)/.installed
+	$(BIN)/python scripts/bench.py --workers $(BENCH_WORKERS) --seconds $(BENCH_SECONDS) $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,189 @@
+"""Command line: `a3c train`, `a3c eval`. Every Config field is a --flag with its default shown."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from a3c.checkpoint import (
+    LATEST,
+    CheckpointError,
+    load_checkpoint,
+    newest_run,
+    resolve_checkpoint,
+)
+from a3c.config import Config, ConfigError, validate
+
+# Settings a resumed run cannot change: they fix the environment's spaces or the model's shape.
+FIXED_ON_RESUME = ("env_id", "body", "lstm", "mlp_hidden", "screen_size", "frame_stack")
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parse_optional(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_TYPES: dict[str, Any] = {"int": int, "float": float, "str": str,
+                          "float | None": _parse_optional(float), "str | None": _parse_optional(str),
+                          "int | None": _parse_optional(int)}
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --flag per Config field. Defaults are SUPPRESSed so we can tell which flags were given."""
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        shown = getattr(defaults, f.name)
+        if f.name == "workers":
+            shown = f"{shown} (CPU cores here)"
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+        if f.type == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=_TYPES[f.type], default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=help_text)
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    text = _read_text(path)
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError("YAML configuration files need PyYAML: pip install 'a3c[yaml]'") from None
+        values = yaml.safe_load(text)
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings")
+    return values
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+
+
+def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(Config)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> Config:
+    changed = [k for k in FIXED_ON_RESUME if k in overrides and overrides[k] != saved.get(k)]
+    if changed:
+        detail = ", ".join(f"{k} {saved.get(k)!r} -> {overrides[k]!r}" for k in changed)
+        raise ConfigError(f"cannot change on resume: {detail}")
+    return Config.from_dict({**saved, **overrides})
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from a3c.trainer import (
+        train,  # imports torch: only once the arguments are known good
+    )
+
+    overrides = settings_from_args(args)
+    if args.config:
+        overrides = {**load_config_file(args.config), **overrides}
+    if args.resume:
+        checkpoint_path = resolve_checkpoint(args.resume, LATEST)
+        payload = load_checkpoint(checkpoint_path)
+        config = resume_config(payload["config"], overrides)
+        validate(config)
+        _check_matches_env(config, payload, checkpoint_path)
+        run_dir = checkpoint_path.parent.parent
+        print(f"resuming {run_dir} from {checkpoint_path} at {payload['frames']:,} frames", flush=True)
+        return train(config, payload, run_dir)
+    config = Config.from_dict(overrides)
+    validate(config)
+    return train(config)
+
+
+def _check_matches_env(config: Config, payload: dict[str, Any], path: Path) -> None:
+    from a3c.envs import env_spaces
+
+    obs_shape, n_actions = env_spaces(config)
+    if list(obs_shape) != list(payload["obs_shape"]) or n_actions != payload["n_actions"]:
+        raise CheckpointError(
+            f"checkpoint {path} was made for observations {tuple(payload['obs_shape'])} and "
+            f"{payload['n_actions']} actions, but {config.env_id} gives {obs_shape} and {n_actions}")
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from a3c.envs import make_env
+    from a3c.evaluator import evaluate_policy, resolve_device
+    from a3c.model import build_model
+
+    target = args.checkpoint or args.run or newest_run(args.runs_dir)
+    path = resolve_checkpoint(target)
+    payload = load_checkpoint(path)
+    config = Config.from_dict(payload["config"])
+    _check_matches_env(config, payload, path)
+    torch.set_num_threads(1)
+    device = resolve_device(args.device)
+    model = build_model(config, tuple(payload["obs_shape"]), payload["n_actions"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} does not fit its model: {error}") from None
+    model.to(device).eval()
+    env = make_env(config)
+    print(f"evaluating {path} ({config.env_id}, {payload['frames']:,} training frames) on {device} "
+          f"over {args.episodes} episodes, {'sampled' if args.sample else 'greedy'} actions", flush=True)
+    score = evaluate_policy(model, env, args.episodes, greedy=not args.sample, seed=args.seed, device=device)
+    env.close()
+    print(f"mean reward {score.mean_reward:.2f} ± {score.std_reward:.2f}  "
+          f"min {score.min_reward:.2f}  max {score.max_reward:.2f}  "
+          f"mean episode length {score.mean_ep_length:.1f}  ({score.n_episodes} episodes)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="a3c", description="Asynchronous advantage actor-critic (Hogwild A3C).")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    train = commands.add_parser("train", help="train a model",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--config", help="JSON or YAML file of settings; flags given here override it")
+    train.add_argument("--resume", help="run directory or checkpoint to continue from")
+    add_config_arguments(train)
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
+    evaluate.add_argument("--run", help="run directory (default: the newest under --runs-dir)")
+    evaluate.add_argument("--checkpoint", help="checkpoint file (overrides --run)")
+    evaluate.add_argument("--runs-dir", default="runs", help="where runs are (default: runs)")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default: 10)")
+    evaluate.add_argument("--sample", action="store_true", help="sample actions instead of greedy")
+    evaluate.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                          help="device to run the model on (default: auto)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    commands = {"train": command_train, "eval": command_eval}
+    try:
+        return commands[args.command](args)
+    except (ConfigError, CheckpointError) as error:
+        print(f"a3c: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,160 @@
+"""Every hyperparameter of a run, in one dataclass, with its validation.
+
+Defaults come from the seed tutorial (network, lr 1e-4, gamma 0.99, reward scale 0.01) and from
+Mnih et al. 2016 / ikostrikov's pytorch-a3c (t_max 20, entropy 0.01, frame skip 4, no-op starts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting the user gave cannot work; the message says which and why."""
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class Config:
+    # What to train on.
+    env_id: str = field(default="ALE/KungFuMaster-v5", metadata=_help(
+        "Gymnasium id: an ALE Atari game, or any env with a flat Box observation and Discrete actions"))
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata=_help(
+        "worker processes, each with its own environment (default: one per CPU core)"))
+    envs_per_worker: int = field(default=1, metadata=_help(
+        "environments per worker, stepped in turn with one batched forward pass (Hogwild between workers)"))
+    total_frames: int = field(default=20_000_000, metadata=_help(
+        "stop after this many environment frames (Atari frames count the frame skip)"))
+    time_limit: float | None = field(default=None, metadata=_help(
+        "also stop after this many seconds of training"))
+    seed: int = field(default=1, metadata=_help(
+        "base seed: worker i seeds its environment and sampling from (seed, i)"))
+
+    # Atari preprocessing (ignored for vector environments).
+    screen_size: int = field(default=42, metadata=_help(
+        "square grey frame side: 42 as in the seed's network, 84 as in the paper"))
+    frame_skip: int = field(default=4, metadata=_help("emulator frames per agent step, max-pooled"))
+    frame_stack: int = field(default=4, metadata=_help("frames stacked into one observation"))
+    noop_max: int = field(default=30, metadata=_help("up to this many no-op frames at each reset"))
+    sticky_actions: float = field(default=0.0, metadata=_help(
+        "probability that the emulator repeats the previous action (0 as in the paper; 0.25 as in ALE v5)"))
+    max_episode_frames: int = field(default=108_000, metadata=_help(
+        "truncate an episode after this many frames (30 minutes of play)"))
+    reward_clip: bool = field(default=False, metadata=_help(
+        "clip training rewards to [-1, 1] (the paper's choice) instead of scaling them"))
+    reward_scale: float | None = field(default=None, metadata=_help(
+        "multiply training rewards by this (default: 0.01 for Atari as in the seed, 1 otherwise)"))
+
+    # Model.
+    body: str = field(default="auto", metadata=_help(
+        "network body: seed (3 conv 32@3x3/2, fc 128), nature (the paper's 16@8x8/4, 32@4x4/2, fc 256), "
+        "mlp (vector observations); auto picks seed for Atari, mlp otherwise"))
+    lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
+    mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
+
+    # Algorithm.
+    lr: float = field(default=1e-4, metadata=_help("Adam learning rate"))
+    lr_anneal: bool = field(default=False, metadata=_help(
+        "anneal the learning rate linearly to zero over total_frames, as in the paper"))
+    adam_eps: float = field(default=1e-8, metadata=_help("Adam epsilon"))
+    gamma: float = field(default=0.99, metadata=_help("discount factor"))
+    gae_lambda: float = field(default=1.0, metadata=_help(
+        "GAE lambda for the policy's advantage; 1 gives the paper's n-step advantage"))
+    t_max: int = field(default=20, metadata=_help("steps per rollout before each update"))
+    entropy_coef: float = field(default=0.01, metadata=_help("entropy bonus weight beta"))
+    value_loss_coef: float = field(default=0.5, metadata=_help("value loss weight"))
+    max_grad_norm: float = field(default=50.0, metadata=_help("clip each update's gradient to this norm"))
+
+    # Evaluator and logging.
+    eval_interval: float = field(default=60.0, metadata=_help("seconds between evaluations"))
+    eval_episodes: int = field(default=10, metadata=_help("episodes per evaluation"))
+    eval_device: str = field(default="auto", metadata=_help(
+        "device of the evaluator: auto (cuda when available), cuda or cpu"))
+    eval_greedy: bool = field(default=True, metadata=_help(
+        "evaluate with the most probable action rather than sampling"))
+    status_interval: float = field(default=5.0, metadata=_help("seconds between console status lines"))
+    runs_dir: str = field(default="runs", metadata=_help("parent folder of new run directories"))
+    run_name: str | None = field(default=None, metadata=_help(
+        "run directory name (default: game and start time)"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**values)
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @property
+    def is_atari(self) -> bool:
+        return self.env_id.startswith("ALE/")
+
+    @property
+    def training_reward_scale(self) -> float:
+        if self.reward_scale is not None:
+            return self.reward_scale
+        return 0.01 if self.is_atari else 1.0
+
+    @property
+    def frames_per_step(self) -> int:
+        return self.frame_skip if self.is_atari else 1
+
+    @property
+    def model_body(self) -> str:
+        if self.body != "auto":
+            return self.body
+        return "seed" if self.is_atari else "mlp"
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError, naming the setting, for any value that cannot work."""
+    for name in ("workers", "envs_per_worker", "total_frames", "t_max", "screen_size", "frame_skip", "frame_stack",
+                 "max_episode_frames", "eval_episodes", "mlp_hidden"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        _positive(name, value)
+    for name in ("lr", "adam_eps", "eval_interval", "status_interval"):
+        _positive(name, getattr(config, name))
+    if config.time_limit is not None:
+        _positive("time_limit", config.time_limit)
+    for name in ("gamma", "gae_lambda"):
+        value = getattr(config, name)
+        if not 0 < value <= 1:
+            raise ConfigError(f"{name} must lie in (0, 1], got {value}")
+    for name in ("entropy_coef", "value_loss_coef", "noop_max"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{name} must not be negative, got {getattr(config, name)}")
+    _positive("max_grad_norm", config.max_grad_norm)
+    if not 0 <= config.sticky_actions < 1:
+        raise ConfigError(f"sticky_actions must lie in [0, 1), got {config.sticky_actions}")
+    if config.reward_scale is not None:
+        _positive("reward_scale", config.reward_scale)
+    if config.body not in ("auto", "seed", "nature", "mlp"):
+        raise ConfigError(f"body must be one of auto, seed, nature, mlp; got {config.body!r}")
+    if config.eval_device not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"eval_device must be auto, cuda or cpu; got {config.eval_device!r}")
+    if config.is_atari and config.model_body == "mlp":
+        raise ConfigError("an Atari game needs a conv body (seed or nature), not mlp")
+    if not config.is_atari and config.model_body != "mlp":
+        raise ConfigError(f"{config.env_id} has vector observations: use body mlp")

@@ -1,0 +1,169 @@
+"""The evaluator: plays the current shared weights on its own environment, logs the score, and
+keeps the latest and the best checkpoints. Runs on CUDA when asked and available, else on CPU."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from a3c.checkpoint import BEST, CHECKPOINT_DIR, LATEST, save_checkpoint
+from a3c.config import Config
+from a3c.envs import make_env
+from a3c.model import ActorCritic, build_model
+from a3c.shared import SharedTraining
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share seeds with the workers'
+EVALUATIONS_CSV = "evaluations.csv"
+EVAL_FIELDS = ["frames", "episodes", "time", "mean_reward", "std_reward", "min_reward", "max_reward",
+               "mean_ep_length", "n_episodes"]
+
+
+@dataclass
+class Score:
+    mean_reward: float
+    std_reward: float
+    min_reward: float
+    max_reward: float
+    mean_ep_length: float
+    n_episodes: int
+
+    @classmethod
+    def of(cls, returns: list[float], lengths: list[int]) -> Score:
+        r = np.asarray(returns, dtype=np.float64)
+        return cls(float(r.mean()), float(r.std()), float(r.min()), float(r.max()),
+                   float(np.mean(lengths)), len(returns))
+
+    def __str__(self) -> str:
+        return (f"{self.mean_reward:.2f} ± {self.std_reward:.2f} over {self.n_episodes} episodes "
+                f"(min {self.min_reward:.2f}, max {self.max_reward:.2f}, "
+                f"mean length {self.mean_ep_length:.1f})")
+
+
+def resolve_device(name: str) -> torch.device:
+    """cuda when asked (or auto) and present, else cpu. Only the evaluator calls this, so CUDA is
+    never initialised in the parent before it forks off workers."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if name == "cuda":
+        print("evaluator: CUDA asked for but not available; evaluating on CPU", flush=True)
+    return torch.device("cpu")
+
+
+@torch.inference_mode()
+def evaluate_policy(model: ActorCritic, env: gym.Env, episodes: int, greedy: bool = True,
+                    seed: int = EVAL_SEED_OFFSET, device: torch.device | str = "cpu",
+                    on_frame: Any = None) -> Score:
+    """Play `episodes` whole episodes; episode i is reset with seed + i, so the same weights give
+    the same score. `on_frame(episode, env)` is called after every reset and step (video)."""
+    returns, lengths = [], []
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        state = model.initial_state(1, device)
+        total, length = 0.0, 0
+        if on_frame is not None:
+            on_frame(episode, env)
+        while True:
+            logits, _, state = model(torch.as_tensor(obs, device=device).unsqueeze(0), state)
+            if greedy:
+                action = int(logits.argmax(-1))
+            else:
+                action = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            length += 1
+            if on_frame is not None:
+                on_frame(episode, env)
+            if terminated or truncated:
+                break
+        returns.append(total)
+        lengths.append(length)
+    return Score.of(returns, lengths)
+
+
+class EvaluationLog:
+    """evaluations.csv, appended one row per evaluation."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / EVALUATIONS_CSV
+        new = not self.path.exists()
+        self.file = open(self.path, "a", newline="")  # noqa: SIM115 -- open for the whole run
+        self.writer = csv.DictWriter(self.file, EVAL_FIELDS)
+        if new:
+            self.writer.writeheader()
+
+    def write(self, frames: int, episodes: int, elapsed: float, score: Score) -> None:
+        self.writer.writerow({"frames": frames, "episodes": episodes, "time": round(elapsed, 2),
+                              **asdict(score)})
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def checkpoint_payload(config: Config, shared: SharedTraining, model_state: dict[str, torch.Tensor],
+                       obs_shape: tuple[int, ...], n_actions: int, frames: int, episodes: int,
+                       score: Score | None, best_score: float | None) -> dict[str, Any]:
+    return {"config": config.to_dict(), "obs_shape": list(obs_shape), "n_actions": n_actions,
+            "model": model_state, "optimizer": shared.optimizer.state_dict(), "frames": frames,
+            "episodes": episodes, "score": None if score is None else asdict(score),
+            "best_score": best_score, "saved_at": time.time()}
+
+
+def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shape: tuple[int, ...],
+                  n_actions: int, best_score: float | None, conn: Any, parent_pid: int) -> None:
+    """Process entry: evaluate every eval_interval seconds until the stop signal, then once more
+    after the workers have finished, writing latest.pt every time and best.pt on a new best."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    torch.set_num_threads(1)
+    device = resolve_device(config.eval_device)
+    run_path = Path(run_dir)
+    checkpoints = run_path / CHECKPOINT_DIR
+    env = make_env(config)
+    model = build_model(config, obs_shape, n_actions).to(device)
+    cpu_model = build_model(config, obs_shape, n_actions)  # host copy of the weights for checkpoints
+    log = EvaluationLog(run_path)
+    start = time.time()
+    conn.send(("evaluator", str(device)))
+
+    def evaluate_and_checkpoint() -> None:
+        nonlocal best_score
+        frames, episodes = shared.total_frames(), shared.total_episodes()
+        # One consistent snapshot of the weights; the optimizer state is copied in the payload.
+        torch.nn.utils.vector_to_parameters(shared.params.clone(), cpu_model.parameters())
+        model.load_state_dict(cpu_model.state_dict())
+        score = evaluate_policy(model, env, config.eval_episodes, config.eval_greedy, device=device)
+        log.write(frames, episodes, time.time() - start, score)
+        improved = best_score is None or score.mean_reward > best_score
+        if improved:
+            best_score = score.mean_reward
+        payload = checkpoint_payload(config, shared, cpu_model.state_dict(), obs_shape, n_actions,
+                                     frames, episodes, score, best_score)
+        save_checkpoint(checkpoints / LATEST, payload)
+        if improved:
+            save_checkpoint(checkpoints / BEST, payload)
+        conn.send(("eval", frames, asdict(score), improved))
+
+    try:
+        while not shared.stop.wait(timeout=config.eval_interval):
+            if os.getppid() != parent_pid:
+                return
+            evaluate_and_checkpoint()
+        # The final evaluation waits until every worker has made its last update.
+        while not shared.workers_done.wait(timeout=1.0):
+            if os.getppid() != parent_pid:
+                return
+        evaluate_and_checkpoint()
+    finally:
+        log.close()
+        env.close()
+        conn.close()

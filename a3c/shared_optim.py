@@ -1,0 +1,69 @@
+"""Adam whose moments and step counts live in shared memory, stepped lock-free by every worker.
+
+The update is torch's own functional Adam, so one process feeding it the same gradients as
+torch.optim.Adam gets bit-identical results. Gradients are always passed explicitly to `step`: a
+shared parameter's .grad is never used, which avoids the classic aliasing bugs of A3C ports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.optim.adam import adam
+
+
+class SharedAdam:
+    def __init__(self, params: Sequence[torch.Tensor], lr: float = 1e-4,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        self.params = [p.detach() for p in params]
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
+        # Allocated up front and shared, so every process updates the same moments and counts.
+        self.exp_avgs = [torch.zeros_like(p).share_memory_() for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p).share_memory_() for p in self.params]
+        self.steps = [torch.zeros((), dtype=torch.float32).share_memory_() for _ in self.params]
+
+    def share_memory(self) -> SharedAdam:
+        for tensor in (*self.params, *self.exp_avgs, *self.exp_avg_sqs, *self.steps):
+            tensor.share_memory_()
+        return self
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [*self.exp_avgs, *self.exp_avg_sqs, *self.steps]
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[torch.Tensor], lr: float | None = None) -> None:
+        """Apply `grads` (one per parameter, exactly this update's) to the shared parameters."""
+        if len(grads) != len(self.params):
+            raise ValueError(f"expected {len(self.params)} gradients, got {len(grads)}")
+        adam(self.params, list(grads), self.exp_avgs, self.exp_avg_sqs, [], self.steps,
+             foreach=False, capturable=False, differentiable=False, fused=None,
+             amsgrad=False, beta1=self.betas[0], beta2=self.betas[1],
+             lr=self.lr if lr is None else lr, weight_decay=self.weight_decay, eps=self.eps,
+             maximize=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot in torch.optim.Adam's format, cloned out of shared memory."""
+        state = {i: {"step": s.clone(), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+                 for i, (s, m, v) in enumerate(zip(self.steps, self.exp_avgs, self.exp_avg_sqs))}
+        group = {"lr": self.lr, "betas": self.betas, "eps": self.eps,
+                 "weight_decay": self.weight_decay, "amsgrad": False, "maximize": False,
+                 "params": list(range(len(self.params)))}
+        return {"state": state, "param_groups": [group]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Copy a saved state into the existing shared tensors, so it stays shared."""
+        state = state_dict["state"]
+        if len(state) != len(self.params):
+            raise ValueError(f"optimizer state has {len(state)} parameters, expected {len(self.params)}")
+        for i, (s, m, v) in enumerate(zip(self.steps, self.exp_avgs, self.exp_avg_sqs)):
+            entry = state[i]
+            if entry["exp_avg"].shape != m.shape:
+                raise ValueError(f"optimizer state {i} has shape {tuple(entry['exp_avg'].shape)}, "
+                                 f"expected {tuple(m.shape)}")
+            s.copy_(torch.as_tensor(entry["step"], dtype=s.dtype))
+            m.copy_(entry["exp_avg"])
+            v.copy_(entry["exp_avg_sq"])

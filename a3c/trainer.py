@@ -1,0 +1,321 @@
+"""Process orchestration: build the shared state, start the workers and the evaluator, watch them,
+log, and stop cleanly. The parent never computes gradients and never touches CUDA."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from a3c.config import Config, ConfigError, validate
+from a3c.envs import env_spaces
+from a3c.evaluator import run_evaluator
+from a3c.model import build_model
+from a3c.shared import SharedTraining
+from a3c.worker import run_worker, seed_stream
+
+# spawn: a CUDA evaluator cannot live in a forked child of a process that holds torch state.
+START_METHOD = "spawn"
+TRAIN_EPISODES_CSV = "train_episodes.csv"
+EPISODE_FIELDS = ["frames", "worker", "return", "length", "time"]
+POLL_S = 0.25
+WORKER_STOP_TIMEOUT_S = 30.0
+EVALUATOR_STOP_TIMEOUT_S = 600.0
+RECENT_EPISODES = 100
+MAX_DEATHS, DEATH_WINDOW_S = 5, 300.0
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
+
+
+def new_run_dir(config: Config) -> Path:
+    name = config.run_name or (config.env_id.split("/")[-1].removesuffix("-v5").removesuffix("-v1")
+                               + time.strftime("-%Y%m%d-%H%M%S"))
+    root = Path(config.runs_dir)
+    path = root / name
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = root / f"{name}-{suffix}"
+    try:
+        path.mkdir(parents=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create run directory {path}: {error.strerror}") from None
+    return path
+
+
+@dataclass
+class Child:
+    process: Any
+    conn: Connection
+    role: str          # "worker" or "evaluator"
+    slot: int = -1     # worker slot; -1 for the evaluator
+    incarnation: int = 0
+
+
+@dataclass
+class Monitor:
+    """The parent's view of the run: recent returns, the last evaluation, the train statistics."""
+
+    start: float = field(default_factory=time.time)
+    recent_returns: deque = field(default_factory=lambda: deque(maxlen=RECENT_EPISODES))
+    recent_lengths: deque = field(default_factory=lambda: deque(maxlen=RECENT_EPISODES))
+    last_eval: dict[str, float] | None = None
+    last_train: dict[int, dict[str, float]] = field(default_factory=dict)
+    skipped_updates: int = 0
+    evaluator_device: str = "?"
+
+    def status_line(self, frames: int, budget: int, fps: float, episodes: int) -> str:
+        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
+        evaluation = (f"{self.last_eval['mean_reward']:.1f} ± {self.last_eval['std_reward']:.1f}"
+                      if self.last_eval else "-")
+        elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - self.start))
+        return (f"[{elapsed}] frames {frames:,}/{budget:,} ({100 * frames / budget:.1f}%) | "
+                f"{fps:,.0f} fps | episodes {episodes:,} | return(last {len(self.recent_returns)}) "
+                f"{recent} | eval {evaluation}")
+
+
+class Trainer:
+    def __init__(self, config: Config, resume_payload: dict[str, Any] | None = None,
+                 run_dir: Path | None = None) -> None:
+        validate(config)
+        self.config = config
+        self.obs_shape, self.n_actions = env_spaces(config)
+        self.context = mp.get_context(START_METHOD)
+        model = build_model(config, self.obs_shape, self.n_actions)
+        best_score = None
+        if resume_payload is not None:
+            model.load_state_dict(resume_payload["model"])
+        self.shared = SharedTraining.create(model, config, self.context)
+        if resume_payload is not None:
+            self.shared.optimizer.load_state_dict(resume_payload["optimizer"])
+            self.shared.base_frames = int(resume_payload["frames"])
+            self.shared.base_episodes = int(resume_payload["episodes"])
+            best_score = resume_payload.get("best_score")
+        self.best_score = best_score
+        self.run_dir = run_dir if run_dir is not None else new_run_dir(config)
+        config.save(str(self.run_dir / "config.json"))
+        self.children: list[Child] = []
+        self.monitor = Monitor()
+        self.deaths: deque = deque()
+        self.signals: list[int] = []
+        self.outcome: tuple[int, str] | None = None
+
+    # -- children ----------------------------------------------------------------------------
+    def _start_worker(self, slot: int, incarnation: int = 0) -> None:
+        receiver, sender = self.context.Pipe(duplex=False)
+        seeds = seed_stream(self.config.seed, slot, incarnation)
+        process = self.context.Process(
+            target=run_worker, name=f"a3c-worker-{slot}", daemon=True,
+            args=(slot, self.config, self.shared, seeds, sender, os.getpid()))
+        process.start()
+        sender.close()
+        self.children.append(Child(process, receiver, "worker", slot, incarnation))
+
+    def _start_evaluator(self, incarnation: int = 0) -> None:
+        receiver, sender = self.context.Pipe(duplex=False)
+        process = self.context.Process(
+            target=run_evaluator, name="a3c-evaluator", daemon=True,
+            args=(self.config, self.shared, str(self.run_dir), self.obs_shape, self.n_actions,
+                  self.best_score, sender, os.getpid()))
+        process.start()
+        sender.close()
+        self.children.append(Child(process, receiver, "evaluator", -1, incarnation))
+
+    def _workers(self) -> list[Child]:
+        return [c for c in self.children if c.role == "worker"]
+
+    def _evaluator(self) -> Child | None:
+        return next((c for c in self.children if c.role == "evaluator"), None)
+
+    # -- messages ----------------------------------------------------------------------------
+    def _drain(self, timeout: float) -> None:
+        by_conn = {c.conn: c for c in self.children if not c.conn.closed}
+        if not by_conn:
+            time.sleep(timeout)  # nothing to read: this is the monitor's idle tick
+            return
+        for conn in wait(list(by_conn), timeout):
+            try:
+                while conn.poll():
+                    self._handle(conn.recv())
+            except (EOFError, OSError):
+                conn.close()
+
+    def _handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "episode":
+            _, worker, frames, episode_return, length, end_time = message
+            self.monitor.recent_returns.append(episode_return)
+            self.monitor.recent_lengths.append(length)
+            self.episode_writer.writerow([frames, worker, episode_return, length,
+                                          round(end_time - self.monitor.start, 3)])
+        elif kind == "train":
+            _, worker, frames, stats = message
+            self.monitor.last_train[worker] = stats
+        elif kind == "eval":
+            _, frames, score, improved = message
+            self.monitor.last_eval = score
+            if improved:
+                self.best_score = score["mean_reward"]
+            mark = " (new best)" if improved else ""
+            self._print(f"eval at {frames:,} frames: {score['mean_reward']:.2f} ± {score['std_reward']:.2f} "
+                        f"over {score['n_episodes']} episodes, min {score['min_reward']:.1f}, "
+                        f"max {score['max_reward']:.1f}, mean length {score['mean_ep_length']:.1f}{mark}")
+        elif kind == "evaluator":
+            self.monitor.evaluator_device = message[1]
+            self._print(f"evaluator running on {message[1]}")
+        elif kind == "skipped":
+            self.monitor.skipped_updates += 1
+            self._print(f"worker {message[1]}: skipped an update with a non-finite loss or gradient "
+                        f"(norm {message[2]}); {self.monitor.skipped_updates} skipped so far")
+
+    @staticmethod
+    def _print(text: str) -> None:
+        print(text, flush=True)
+
+    # -- supervision -------------------------------------------------------------------------
+    def _replace_dead(self) -> None:
+        for child in list(self.children):
+            code = child.process.exitcode
+            if code is None:
+                continue
+            if child.role == "worker" and code == 0 and self.shared.budget_reached(self.config):
+                continue  # finished its share of the budget
+            self.children.remove(child)
+            child.conn.close()
+            child.process.join()
+            now = time.time()
+            self.deaths.append(now)
+            while self.deaths and now - self.deaths[0] > DEATH_WINDOW_S:
+                self.deaths.popleft()
+            name = f"worker {child.slot}" if child.role == "worker" else "evaluator"
+            self._print(f"{name} (pid {child.process.pid}) died with exit code {code}")
+            if len(self.deaths) >= MAX_DEATHS:
+                self.outcome = (EXIT_FAILED, (f"{len(self.deaths)} processes died within {DEATH_WINDOW_S:.0f} s; "
+                                              "stopping (the last good checkpoint is kept)"))
+                return
+            if child.role == "worker":
+                self._start_worker(child.slot, child.incarnation + 1)
+                self._print(f"worker {child.slot} replaced with a fresh seed")
+            else:
+                self._start_evaluator(child.incarnation + 1)
+                self._print("evaluator replaced")
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signals.append(signum)
+        if len(self.signals) == 1:
+            print(f"\n{signal.Signals(signum).name}: stopping (final checkpoint follows; "
+                  "press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def _check_stop(self, start: float) -> None:
+        if self.outcome is not None:
+            return
+        if self.signals:
+            code = EXIT_INTERRUPTED if self.signals[0] == signal.SIGINT else EXIT_TERMINATED
+            self.outcome = (code, f"stopped by {signal.Signals(self.signals[0]).name}")
+        elif self.shared.budget_reached(self.config):
+            self.outcome = (EXIT_OK, f"reached {self.config.total_frames:,} frames")
+        elif self.config.time_limit is not None and time.time() - start >= self.config.time_limit:
+            self.outcome = (EXIT_OK, f"reached the time limit of {self.config.time_limit:g} s")
+        elif not bool(torch.isfinite(self.shared.params).all()):
+            self.outcome = (EXIT_FAILED, ("the shared model became non-finite; stopping "
+                                          "(the last good checkpoint is kept)"))
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> int:
+        config = self.config
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        episodes_path = self.run_dir / TRAIN_EPISODES_CSV
+        new_log = not episodes_path.exists()
+        episodes_file = open(episodes_path, "a", newline="")  # noqa: SIM115 -- open for the whole run
+        self.episode_writer = csv.writer(episodes_file)
+        if new_log:
+            self.episode_writer.writerow(EPISODE_FIELDS)
+        # One intra-op thread in every child: set before their torch import, inherited at spawn.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+        self._print(f"run directory: {self.run_dir}")
+        self._print("configuration: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
+        try:
+            start = time.time()
+            self._start_evaluator()
+            for slot in range(config.workers):
+                self._start_worker(slot)
+            last_status, last_frames = time.time(), self.shared.total_frames()
+            while self.outcome is None:
+                self._drain(POLL_S)
+                self._replace_dead()
+                self._check_stop(start)
+                now = time.time()
+                if now - last_status >= config.status_interval:
+                    frames = self.shared.total_frames()
+                    fps = (frames - last_frames) / (now - last_status)
+                    self._print(self.monitor.status_line(frames, config.total_frames, fps,
+                                                         self.shared.total_episodes()))
+                    last_status, last_frames = now, frames
+                    episodes_file.flush()
+            code, reason = self.outcome
+            self._print(f"stopping: {reason}")
+            self._shutdown(final_evaluation=code != EXIT_FAILED or "died" in reason)
+            frames, elapsed = self.shared.total_frames(), time.time() - start
+            self._print(f"done: {frames:,} frames in {elapsed:.1f} s; run directory {self.run_dir}")
+            if code == EXIT_FAILED:
+                print(f"error: {reason}", file=sys.stderr, flush=True)
+            return code
+        finally:
+            self._kill_all()
+            episodes_file.close()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _wait_for(self, children: list[Child], timeout: float) -> None:
+        """Keep reading their pipes (a child blocked on a full pipe never exits) until they exit."""
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(c.process.exitcode is None for c in children):
+            if len(self.signals) > 1:
+                return
+            self._drain(POLL_S)
+
+    def _shutdown(self, final_evaluation: bool) -> None:
+        self.shared.stop.set()
+        workers = self._workers()
+        self._wait_for(workers, WORKER_STOP_TIMEOUT_S)
+        self._terminate(workers)
+        evaluator = self._evaluator()
+        if evaluator is not None:
+            if final_evaluation:
+                self.shared.workers_done.set()
+                self._wait_for([evaluator], EVALUATOR_STOP_TIMEOUT_S)
+            self._terminate([evaluator])
+        self._drain(0)
+
+    def _terminate(self, children: list[Child]) -> None:
+        for child in children:
+            if child.process.exitcode is None:
+                child.process.terminate()
+        for child in children:
+            child.process.join(timeout=10)
+            if child.process.exitcode is None:
+                child.process.kill()
+                child.process.join()
+
+    def _kill_all(self) -> None:
+        self.shared.stop.set()
+        self._terminate(self.children)
+        for child in self.children:
+            child.conn.close()
+
+
+def train(config: Config, resume_payload: dict[str, Any] | None = None, run_dir: Path | None = None) -> int:
+    """Train until the frame budget, the time limit, a signal or a failure; return the exit code."""
+    return Trainer(config, resume_payload, run_dir).run()

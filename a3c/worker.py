@@ -1,0 +1,283 @@
+"""A worker process: roll out t_max steps on its own environments with a local copy of the shared
+model, compute the n-step / GAE actor-critic loss, and push exactly that update's gradient into the
+shared Adam, without locks (Hogwild)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from a3c.config import Config
+from a3c.envs import make_env
+from a3c.model import (
+    ActorCritic,
+    LstmState,
+    bind_flat_gradients,
+    bind_flat_parameters,
+    build_model,
+)
+from a3c.shared import SharedTraining
+
+STATS_INTERVAL_S = 2.0
+
+
+def returns_and_advantages(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
+                           terminated: torch.Tensor, ended: torch.Tensor, gamma: float,
+                           gae_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """n-step returns (the value targets) and GAE(lambda) advantages for a (T, B) rollout.
+
+    values[t] = V(s_t). next_values[t] = V(s_{t+1}) as seen after step t: the next state's value,
+    the final observation's value for a truncated episode (a time limit bootstraps), or anything
+    for a terminal step (termination does not bootstrap: it is masked here). ended[t] is set where
+    an episode finished by termination or truncation at step t; neither recursion crosses it.
+    """
+    steps = rewards.shape[0]
+    returns = torch.empty_like(rewards)
+    advantages = torch.empty_like(rewards)
+    not_terminal = 1.0 - terminated.float()
+    continues = 1.0 - ended.float()
+    running_return = next_values[-1]
+    running_advantage = torch.zeros_like(rewards[0])
+    for t in reversed(range(steps)):
+        # Where the episode ended at t, restart the return from that step's own bootstrap value.
+        bootstrap = continues[t] * running_return + (1.0 - continues[t]) * next_values[t]
+        running_return = rewards[t] + gamma * not_terminal[t] * bootstrap
+        returns[t] = running_return
+        delta = rewards[t] + gamma * not_terminal[t] * next_values[t] - values[t]
+        running_advantage = delta + gamma * gae_lambda * continues[t] * running_advantage
+        advantages[t] = running_advantage
+    return returns, advantages
+
+
+@dataclass
+class Rollout:
+    """t_max steps of B environments, stored as (T, B, ...) tensors."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    values: torch.Tensor
+    next_values: torch.Tensor
+    terminated: torch.Tensor
+    ended: torch.Tensor
+    initial_state: LstmState | None = None
+    steps: int = 0
+
+    @classmethod
+    def allocate(cls, steps: int, batch: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype) -> Rollout:
+        def zeros(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros(steps, batch, dtype=dtype)
+
+        return cls(torch.zeros(steps, batch, *obs_shape, dtype=obs_dtype), zeros(torch.int64), zeros(),
+                   zeros(), zeros(), zeros(torch.bool), zeros(torch.bool))
+
+    def view(self) -> Rollout:
+        """The first `steps` steps (a rollout cut short by the stop signal is shorter)."""
+        n = self.steps
+        return Rollout(self.obs[:n], self.actions[:n], self.rewards[:n], self.values[:n],
+                       self.next_values[:n], self.terminated[:n], self.ended[:n], self.initial_state, n)
+
+
+@dataclass
+class UpdateStats:
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    grad_norm: float
+    applied: bool
+
+
+@dataclass
+class EpisodeRecord:
+    worker: int
+    episode_return: float
+    length: int
+    end_time: float
+
+
+def a3c_loss(model: ActorCritic, rollout: Rollout, config: Config
+             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs.
+
+    The rollout's forward pass is recomputed in one batched pass from the stored observations
+    (the local weights did not change during the rollout), which is cheaper than keeping T graphs.
+    """
+    episode_starts = torch.zeros_like(rollout.ended)
+    episode_starts[1:] = rollout.ended[:-1]
+    logits, values = model.unroll(rollout.obs, rollout.initial_state, episode_starts)
+    returns, advantages = returns_and_advantages(
+        rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.ended,
+        config.gamma, config.gae_lambda)
+    log_probs = F.log_softmax(logits, dim=-1)
+    action_log_probs = log_probs.gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1)
+    batch = rollout.obs.shape[1]
+    policy_loss = -(action_log_probs * advantages).sum() / batch
+    value_loss = 0.5 * (returns - values).pow(2).sum() / batch
+    entropy = -(log_probs.exp() * log_probs).sum() / batch
+    loss = policy_loss - config.entropy_coef * entropy + config.value_loss_coef * value_loss
+    return loss, (policy_loss.detach(), value_loss.detach(), entropy.detach())
+
+
+def seed_stream(seed: int, worker_id: int, incarnation: int = 0) -> np.random.SeedSequence:
+    """The seed sequence of worker `worker_id`; a replacement worker gets the next incarnation."""
+    return np.random.SeedSequence([seed, worker_id, incarnation])
+
+
+class Worker:
+    """One A3C learner: local model and environments; the shared state is the only link to others."""
+
+    def __init__(self, worker_id: int, config: Config, shared: SharedTraining,
+                 seeds: np.random.SeedSequence) -> None:
+        self.worker_id = worker_id
+        self.config = config
+        self.shared = shared
+        self.optimizer = shared.optimizer
+        env_seed, torch_seed = seeds.generate_state(2)
+        torch.manual_seed(int(torch_seed))
+        self.envs = [make_env(config, seed=int(env_seed) + i) for i in range(config.envs_per_worker)]
+        obs_shape = tuple(self.envs[0].observation_space.shape)
+        self.model = build_model(config, obs_shape, int(self.envs[0].action_space.n))
+        self.local_params = bind_flat_parameters(self.model)
+        self.grad = bind_flat_gradients(self.model)
+        first = [env.reset(seed=int(env_seed) + i)[0] for i, env in enumerate(self.envs)]
+        self.obs = torch.from_numpy(np.stack(first))
+        self.state = self.model.initial_state(len(self.envs))
+        self.rollout = Rollout.allocate(config.t_max, len(self.envs), obs_shape, self.obs.dtype)
+        self.episode_returns = [0.0] * len(self.envs)
+        self.episode_lengths = [0] * len(self.envs)
+        self.finished: list[EpisodeRecord] = []
+        self.reward_scale = config.training_reward_scale
+
+    def sync_weights(self) -> None:
+        self.local_params.copy_(self.shared.params)
+
+    def _training_reward(self, reward: float) -> float:
+        if self.config.reward_clip:
+            return float(np.sign(reward))
+        return reward * self.reward_scale
+
+    @torch.no_grad()
+    def collect(self, stop_early: bool = True) -> Rollout:
+        """Play up to t_max steps with the local weights, sampling from the policy."""
+        rollout, model = self.rollout, self.model
+        rollout.initial_state = None if self.state is None else (self.state[0].clone(), self.state[1].clone())
+        rollout.next_values.zero_()
+        steps = 0
+        for t in range(self.config.t_max):
+            rollout.obs[t].copy_(self.obs)
+            logits, value, self.state = model(self.obs, self.state)
+            actions = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(-1)
+            rollout.actions[t] = actions
+            rollout.values[t] = value
+            for b, env in enumerate(self.envs):
+                obs, reward, terminated, truncated, _ = env.step(int(actions[b]))
+                rollout.rewards[t, b] = self._training_reward(reward)
+                rollout.terminated[t, b] = terminated
+                rollout.ended[t, b] = terminated or truncated
+                self.episode_returns[b] += reward
+                self.episode_lengths[b] += 1
+                if terminated or truncated:
+                    if truncated and not terminated:  # a time limit is not the end of the task
+                        rollout.next_values[t, b] = self._value(obs, b)
+                    self.finished.append(EpisodeRecord(self.worker_id, self.episode_returns[b],
+                                                       self.episode_lengths[b], time.time()))
+                    self.episode_returns[b], self.episode_lengths[b] = 0.0, 0
+                    obs, _ = env.reset()
+                    if self.state is not None:
+                        self.state[0][b].zero_()
+                        self.state[1][b].zero_()
+                self.obs[b] = torch.from_numpy(obs)
+            steps = t + 1
+            if stop_early and self.shared.stop.is_set():
+                break
+        rollout.steps = steps
+        # Bootstrap every non-final step from the next state's value, the last from V(s_T).
+        if steps > 1:
+            inner = ~rollout.ended[:steps - 1]
+            rollout.next_values[:steps - 1][inner] = rollout.values[1:steps][inner]
+        last = ~rollout.ended[steps - 1]
+        if last.any():
+            _, last_value, _ = model(self.obs, self.state)
+            rollout.next_values[steps - 1][last] = last_value[last]
+        return rollout.view()
+
+    def _value(self, obs: np.ndarray, env_index: int) -> torch.Tensor:
+        state = None
+        if self.state is not None:
+            state = (self.state[0][env_index:env_index + 1], self.state[1][env_index:env_index + 1])
+        _, value, _ = self.model(torch.from_numpy(obs).unsqueeze(0), state)
+        return value[0]
+
+    def learning_rate(self) -> float:
+        if not self.config.lr_anneal:
+            return self.config.lr
+        done = self.shared.total_frames() / self.config.total_frames
+        return self.config.lr * max(0.0, 1.0 - done)
+
+    def update(self, rollout: Rollout) -> UpdateStats:
+        """Compute this rollout's gradient and hand exactly it to the shared optimizer."""
+        loss, (policy_loss, value_loss, entropy) = a3c_loss(self.model, rollout, self.config)
+        self.grad.zero_()  # never None: backward accumulates into this flat buffer in place
+        loss.backward()
+        grad_norm = float(self.grad.norm())
+        applied = bool(torch.isfinite(loss)) and np.isfinite(grad_norm)
+        if applied:
+            if grad_norm > self.config.max_grad_norm:
+                self.grad.mul_(self.config.max_grad_norm / (grad_norm + 1e-6))
+            self.optimizer.step([self.grad], lr=self.learning_rate())
+        return UpdateStats(float(policy_loss), float(value_loss), float(entropy), grad_norm, applied)
+
+    def count(self, steps: int) -> list[EpisodeRecord]:
+        """Add this rollout's frames and episodes to this worker's own counter slots."""
+        slot = self.worker_id
+        self.shared.frames[slot] += steps * len(self.envs) * self.config.frames_per_step
+        finished, self.finished = self.finished, []
+        self.shared.episodes[slot] += len(finished)
+        return finished
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _mean_stats(stats: list[UpdateStats]) -> dict[str, float]:
+    return {name: float(np.mean([getattr(s, name) for s in stats]))
+            for name in ("policy_loss", "value_loss", "entropy", "grad_norm")}
+
+
+def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np.random.SeedSequence,
+               conn: object, parent_pid: int) -> None:
+    """Process entry: train until the stop signal, the frame budget, or the parent's death."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    torch.set_num_threads(1)
+    worker = Worker(worker_id, config, shared, seeds)
+    recent: list[UpdateStats] = []
+    last_report = time.monotonic()
+    try:
+        while not shared.stop.is_set() and os.getppid() == parent_pid:
+            worker.sync_weights()
+            rollout = worker.collect()
+            stats = worker.update(rollout)
+            for episode in worker.count(rollout.steps):
+                conn.send(("episode", episode.worker, shared.total_frames(), episode.episode_return,
+                           episode.length, episode.end_time))
+            if not stats.applied:
+                shared.skipped_updates[worker_id] += 1
+                conn.send(("skipped", worker_id, stats.grad_norm))
+            else:
+                recent.append(stats)
+            if recent and time.monotonic() - last_report > STATS_INTERVAL_S:
+                conn.send(("train", worker_id, shared.total_frames(),
+                           {**_mean_stats(recent), "learning_rate": worker.learning_rate()}))
+                recent, last_report = [], time.monotonic()
+            if shared.budget_reached(config):
+                break
+    finally:
+        worker.close()
+        conn.close()
