@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import torch
+import torch.multiprocessing as mp
+
+from a3c.shared_optim import SharedAdam
+
+
+def _params(seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(5, 3, generator=generator), torch.randn(7, generator=generator)]
+
+
+def _grads(step: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(5, 3, generator=generator), torch.randn(7, generator=generator)]
+
+
+def test_matches_torch_adam_exactly():
+    reference = [torch.nn.Parameter(p) for p in _params()]
+    torch_adam = torch.optim.Adam(reference, lr=1e-2, eps=1e-8)
+    shared = [p.clone().share_memory_() for p in _params()]
+    ours = SharedAdam(shared, lr=1e-2, eps=1e-8)
+    for step in range(6):
+        grads = _grads(step)
+        for p, g in zip(reference, grads):
+            p.grad = g.clone()
+        torch_adam.step()
+        ours.step(grads)
+        for mine, theirs in zip(shared, reference):
+            assert torch.equal(mine, theirs.detach())
+    theirs = torch_adam.state_dict()["state"]
+    mine = ours.state_dict()["state"]
+    for i in range(2):
+        assert float(mine[i]["step"]) == float(theirs[i]["step"]) == 6
+        assert torch.equal(mine[i]["exp_avg"], theirs[i]["exp_avg"])
+        assert torch.equal(mine[i]["exp_avg_sq"], theirs[i]["exp_avg_sq"])
+
+
+def test_state_is_shared_and_stays_shared_after_loading():
+    params = [p.share_memory_() for p in _params()]
+    optimizer = SharedAdam(params)
+    assert all(t.is_shared() for t in optimizer.tensors())
+    optimizer.step(_grads(0))
+    saved = optimizer.state_dict()
+    other = SharedAdam([p.clone().share_memory_() for p in _params()])
+    before = [t.data_ptr() for t in other.tensors()]
+    other.load_state_dict(saved)
+    assert [t.data_ptr() for t in other.tensors()] == before  # loaded in place
+    assert all(t.is_shared() for t in other.tensors())
+    assert float(other.steps[0]) == 1.0
+    assert torch.equal(other.exp_avgs[1], optimizer.exp_avgs[1])
+
+
+def _step_in_child(optimizer: SharedAdam, grads: list[torch.Tensor]) -> None:
+    optimizer.step(grads)
+
+
+def test_step_in_child_process_is_visible_in_parent():
+    params = [p.share_memory_() for p in _params()]
+    optimizer = SharedAdam(params, lr=0.1)
+    before = [p.clone() for p in params]
+    process = mp.get_context("spawn").Process(target=_step_in_child, args=(optimizer, _grads(0)))
+    process.start()
+    process.join(timeout=120)
+    assert process.exitcode == 0
+    assert all(not torch.equal(b, p) for b, p in zip(before, params))
+    assert float(optimizer.steps[0]) == 1.0
+    assert float(optimizer.exp_avg_sqs[0].abs().sum()) > 0

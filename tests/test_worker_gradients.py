@@ -1,0 +1,105 @@
+"""The gradient a worker hands to the shared optimizer is exactly its update's fresh gradient.
+
+The reference gradient is computed independently: a fresh model with the weights the rollout
+was played with, a step-by-step forward pass, and torch.autograd.grad. Two classic A3C bugs
+fail here: gradients accumulating across updates (grads zeroed to None while the shared copy
+keeps the old buffer, or never zeroed), and a shared grad left pointing at the first update's
+tensor (every later update re-applies a stale gradient).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from a3c.config import Config
+from a3c.model import build_model
+from a3c.shared import SharedTraining
+from a3c.worker import Rollout, Worker, returns_and_advantages, seed_stream
+
+
+class RecordingOptimizer:
+    """Wraps the shared optimizer and keeps a copy of every gradient it is handed."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.received: list[torch.Tensor] = []
+
+    def step(self, grads, lr=None):
+        self.received.append(torch.cat([g.reshape(-1) for g in grads]).clone())
+        self.optimizer.step(grads, lr)
+
+
+def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, config: Config) -> torch.Tensor:
+    """The A3C loss gradient, recomputed one step at a time with a fresh copy of the model."""
+    fresh = copy.deepcopy(model)
+    torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
+    state = None if rollout.initial_state is None else tuple(s.clone() for s in rollout.initial_state)
+    log_probs, values, entropies = [], [], []
+    for t in range(rollout.steps):
+        if t > 0 and state is not None and bool(rollout.ended[t - 1, 0]):
+            state = fresh.initial_state(1)
+        logits, value, state = fresh(rollout.obs[t], state)
+        log_prob = F.log_softmax(logits, -1)
+        log_probs.append(log_prob[0, rollout.actions[t, 0]])
+        entropies.append(-(log_prob.exp() * log_prob).sum())
+        values.append(value[0])
+    returns, advantages = returns_and_advantages(
+        rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.ended,
+        config.gamma, config.gae_lambda)
+    policy_loss = -sum(lp * a for lp, a in zip(log_probs, advantages[:, 0]))
+    value_loss = 0.5 * sum((r - v) ** 2 for r, v in zip(returns[:, 0], values))
+    loss = policy_loss - config.entropy_coef * sum(entropies) + config.value_loss_coef * value_loss
+    grads = torch.autograd.grad(loss, list(fresh.parameters()))
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+@pytest.mark.parametrize("lstm", [False, True])
+def test_each_update_hands_over_exactly_its_own_gradient(lstm):
+    config = Config(env_id="CartPole-v1", workers=1, t_max=8, lstm=lstm, lr=1e-2,
+                    max_grad_norm=1e9)  # no clipping, so the raw gradient is compared
+    context = mp.get_context("spawn")
+    model = build_model(config, (4,), 2)
+    shared = SharedTraining.create(model, config, context)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    recorder = RecordingOptimizer(shared.optimizer)
+    worker.optimizer = recorder
+    references = []
+    for _ in range(4):
+        worker.sync_weights()
+        weights = worker.local_params.clone()
+        rollout = worker.collect()
+        references.append(reference_gradient(worker.model, weights, rollout, config))
+        worker.update(rollout)
+        worker.count(rollout.steps)
+    worker.close()
+    assert len(recorder.received) == 4
+    for k, (received, reference) in enumerate(zip(recorder.received, references)):
+        torch.testing.assert_close(received, reference, rtol=1e-4, atol=1e-6)
+        if k > 0:
+            # Would hold for the accumulating bug or the stale-pointer bug: make sure it does not.
+            assert not torch.allclose(received, references[k - 1] + reference, rtol=1e-3, atol=1e-5)
+            assert not torch.allclose(received, references[0], rtol=1e-3, atol=1e-5)
+
+
+def test_update_changes_the_shared_weights_by_one_adam_step_of_that_gradient():
+    config = Config(env_id="CartPole-v1", workers=1, t_max=5, lr=1e-2, max_grad_norm=1e9)
+    model = build_model(config, (4,), 2)
+    shared = SharedTraining.create(model, config, mp.get_context("spawn"))
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    worker.sync_weights()
+    before = shared.params.clone()
+    rollout = worker.collect()
+    grad = reference_gradient(worker.model, before, rollout, config)
+    worker.update(rollout)
+    worker.close()
+    expected = before.clone()
+    adam = torch.optim.Adam([torch.nn.Parameter(expected)], lr=1e-2)
+    adam.param_groups[0]["params"][0].grad = grad
+    adam.step()
+    torch.testing.assert_close(shared.params, adam.param_groups[0]["params"][0].detach(),
+                               rtol=1e-4, atol=1e-6)
