@@ -87,9 +87,11 @@ class Monitor:
 
 class Trainer:
     def __init__(self, config: Config, resume_payload: dict[str, Any] | None = None,
-                 run_dir: Path | None = None) -> None:
+                 run_dir: Path | None = None, evaluator: bool = True) -> None:
         validate(config)
         self.config = config
+        self.with_evaluator = evaluator
+        self.frame_samples: list[tuple[float, int]] = []  # (time, total frames) at every tick
         self.obs_shape, self.n_actions = env_spaces(config)
         self.context = mp.get_context(START_METHOD)
         model = build_model(config, self.obs_shape, self.n_actions)
@@ -248,7 +250,8 @@ class Trainer:
         self._print("configuration: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
         try:
             start = time.time()
-            self._start_evaluator()
+            if self.with_evaluator:
+                self._start_evaluator()
             for slot in range(config.workers):
                 self._start_worker(slot)
             last_status, last_frames = time.time(), self.shared.total_frames()
@@ -257,6 +260,7 @@ class Trainer:
                 self._replace_dead()
                 self._check_stop(start)
                 now = time.time()
+                self.frame_samples.append((now, self.shared.total_frames()))
                 if now - last_status >= config.status_interval:
                     frames = self.shared.total_frames()
                     fps = (frames - last_frames) / (now - last_status)

@@ -19,7 +19,7 @@ def test_atari_observations_are_stacked_uint8_frames(size):
         assert env.observation_space.contains(obs)
         frames = [obs]
         for _ in range(10):
-            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            obs, reward, _terminated, _truncated, info = env.step(env.action_space.sample())
             assert obs.shape == (4, size, size) and obs.dtype == np.uint8
             assert isinstance(reward, float) and info["frames"] == 4
             frames.append(obs)

@@ -13,7 +13,7 @@ VALUES = [0.5, 1.0, 1.5, 2.0]
 
 
 def _run(next_values, terminated, ended):
-    column = lambda xs, dtype=torch.float32: torch.tensor(xs, dtype=dtype).unsqueeze(1)  # noqa: E731
+    column = lambda xs, dtype=torch.float32: torch.tensor(xs, dtype=dtype).unsqueeze(1)
     returns, advantages = returns_and_advantages(
         column(REWARDS), column(VALUES), column(next_values), column(terminated, torch.bool),
         column(ended, torch.bool), GAMMA, LAMBDA)
@@ -68,7 +68,7 @@ def test_truncation_bootstraps_from_the_final_observation():
 
 
 def test_lambda_one_gives_the_n_step_advantage():
-    column = lambda xs: torch.tensor(xs).unsqueeze(1)  # noqa: E731
+    column = lambda xs: torch.tensor(xs).unsqueeze(1)
     next_values = column([1.0, 1.5, 2.0, 10.0])
     flags = torch.zeros(4, 1, dtype=torch.bool)
     returns, advantages = returns_and_advantages(column(REWARDS), column(VALUES), next_values,

@@ -65,6 +65,6 @@ def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm):
     assert (run_dir / "checkpoints" / "best.pt").exists()
     assert (run_dir / "config.json").exists()
     result = subprocess.run([sys.executable, "-m", "a3c", "eval", "--run", str(run_dir), "--episodes", "1",
-                             "--device", "cpu"], capture_output=True, text=True, timeout=300)
+                             "--device", "cpu"], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "mean reward" in result.stdout and "mean episode length" in result.stdout

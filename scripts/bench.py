@@ -1,0 +1,139 @@
+"""Throughput benchmark: training frames/s of N Hogwild workers against the frames/s of N processes
+that only step the same preprocessed environment with random actions, and the raw emulator rate.
+
+    python scripts/bench.py --workers 1 2 --seconds 60 [--envs-per-worker 1 8]
+
+Frames count the frame skip. Training runs with the evaluator off; the first --warmup seconds
+(process start, imports) are left out of every rate. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from a3c.config import Config
+from a3c.envs import AtariEnv, make_env
+from a3c.trainer import Trainer
+
+
+def _step_env(config: Config, raw: bool, seed: int, warmup: float, seconds: float, barrier, results) -> None:
+    """Step random actions; report frames done between warmup and warmup + seconds."""
+    torch.set_num_threads(1)
+    env = make_env(config, seed=seed)
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    n_actions = int(env.action_space.n)
+    if raw:  # the emulator alone: frame skip 4, no pooling, resizing or stacking
+        assert isinstance(env, AtariEnv)
+        ale, actions = env._ale, env._actions
+    barrier.wait()
+    start = time.perf_counter()
+    counted_from, frames = start + warmup, 0
+    counting = False
+    while True:
+        now = time.perf_counter()
+        if not counting and now >= counted_from:
+            counting, frames = True, 0
+        if now >= counted_from + seconds:
+            break
+        for _ in range(64):
+            action = int(rng.integers(n_actions))
+            if raw:
+                for _ in range(config.frame_skip):
+                    ale.act(actions[action])
+                frames += config.frame_skip
+                if ale.game_over():
+                    ale.reset_game()
+            else:
+                _, _, terminated, truncated, _ = env.step(action)
+                frames += config.frames_per_step
+                if terminated or truncated:
+                    env.reset()
+    elapsed = time.perf_counter() - counted_from
+    results.put(frames / elapsed)
+    env.close()
+
+
+def env_only_fps(config: Config, workers: int, raw: bool, warmup: float, seconds: float) -> float:
+    context = mp.get_context("spawn")
+    barrier, results = context.Barrier(workers), context.Queue()
+    processes = [context.Process(target=_step_env, args=(config, raw, i, warmup, seconds, barrier, results))
+                 for i in range(workers)]
+    for p in processes:
+        p.start()
+    total = sum(results.get(timeout=warmup + seconds + 120) for _ in processes)
+    for p in processes:
+        p.join()
+    return total
+
+
+def train_fps(config: Config, warmup: float, seconds: float) -> float:
+    runs = tempfile.mkdtemp(prefix="a3c-bench-")
+    try:
+        config.runs_dir, config.time_limit = runs, warmup + seconds
+        config.total_frames, config.status_interval = 10**12, 3600.0
+        trainer = Trainer(config, evaluator=False)
+        trainer.run()
+        samples = trainer.frame_samples
+        t0 = samples[0][0] + warmup
+        window = [(t, f) for t, f in samples if t >= t0]
+        (t_start, f_start), (t_end, f_end) = window[0], window[-1]
+        return (f_end - f_start) / (t_end - t_start)
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--envs-per-worker", type=int, nargs="+", default=[1])
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per configuration")
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds left out at the start")
+    parser.add_argument("--env-id", default="ALE/KungFuMaster-v5")
+    parser.add_argument("--lstm", action="store_true")
+    parser.add_argument("--output", default="benchmarks/latest.json")
+    args = parser.parse_args(argv)
+
+    base = Config(env_id=args.env_id, lstm=args.lstm)
+    records = []
+    header = f"{'workers':>7} {'envs/worker':>11} {'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}"
+    print(header, flush=True)
+    for workers in args.workers:
+        env_fps = env_only_fps(base, workers, False, args.warmup, args.seconds)
+        raw_fps = env_only_fps(base, workers, True, args.warmup, args.seconds) if base.is_atari else None
+        for envs in args.envs_per_worker:
+            config = Config(env_id=args.env_id, lstm=args.lstm, workers=workers, envs_per_worker=envs)
+            fps = train_fps(config, args.warmup, args.seconds)
+            record = {"workers": workers, "envs_per_worker": envs, "train_fps": round(fps, 1),
+                      "env_only_fps": round(env_fps, 1), "ratio": round(fps / env_fps, 3),
+                      "raw_emulator_fps": None if raw_fps is None else round(raw_fps, 1),
+                      "env_vs_raw": None if raw_fps is None else round(env_fps / raw_fps, 3),
+                      "env_id": args.env_id, "lstm": args.lstm, "seconds": args.seconds}
+            records.append(record)
+            raw_text = "-" if raw_fps is None else f"{raw_fps:,.0f}"
+            print(f"{workers:>7} {envs:>11} {fps:>10,.0f} {env_fps:>12,.0f} {fps / env_fps:>6.2f} {raw_text:>11}",
+                  flush=True)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+               "python": sys.version.split()[0], "torch": torch.__version__}
+    output.write_text(json.dumps({"machine": machine, "records": records}, indent=2) + "\n")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
