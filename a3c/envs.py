@@ -89,26 +89,21 @@ class AtariEnv(gym.Env):
         return self._stack.copy(), {"lives": self._ale.lives()}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        ale = self._ale
-        ale_action = self._actions[action]
+        act, ale_action, screens = self._ale.act, self._actions[action], self._screens
+        # As Gymnasium's AtariEnv: all skipped frames are played (the emulator holds still after
+        # game over), so the hot loop needs no per-frame checks.
         reward = 0.0
-        skip = self.frame_skip
-        frames = 0
-        for i in range(skip):
-            reward += ale.act(ale_action)
-            frames += 1
-            if i >= skip - 2:
-                ale.getScreenGrayscale(self._screens[i - skip + 2])
-            if ale.game_over():
-                if i < skip - 1:  # stopped early: pool the last frame with itself
-                    ale.getScreenGrayscale(self._screens[0])
-                    self._screens[1] = self._screens[0]
-                break
+        for _ in range(self.frame_skip - 1):
+            reward += act(ale_action)
+        self._ale.getScreenGrayscale(screens[0])
+        reward += act(ale_action)
+        self._ale.getScreenGrayscale(screens[1])
         self._push_frame()
-        self._episode_frames += frames
-        terminated = ale.game_over()
+        self._episode_frames += self.frame_skip
+        terminated = self._ale.game_over()
         truncated = not terminated and self._episode_frames >= self.max_episode_frames
-        return self._stack.copy(), reward, terminated, truncated, {"lives": ale.lives(), "frames": frames}
+        return self._stack.copy(), reward, terminated, truncated, {"lives": self._ale.lives(),
+                                                                   "frames": self.frame_skip}
 
     def render(self) -> np.ndarray | None:
         return self._ale.getScreenRGB() if self.render_mode == "rgb_array" else None

@@ -7,6 +7,7 @@ import csv
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,11 @@ def resolve_device(name: str) -> torch.device:
 @torch.inference_mode()
 def evaluate_policy(model: ActorCritic, env: gym.Env, episodes: int, greedy: bool = True,
                     seed: int = EVAL_SEED_OFFSET, device: torch.device | str = "cpu",
-                    on_frame: Any = None) -> Score:
+                    on_frame: Callable[[int, gym.Env], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> Score | None:
     """Play `episodes` whole episodes; episode i is reset with seed + i, so the same weights give
-    the same score. `on_frame(episode, env)` is called after every reset and step (video)."""
+    the same score. `on_frame(episode, env)` is called after every reset and step (video).
+    Returns None if `should_stop()` turns true part way (checked every 100 steps)."""
     returns, lengths = [], []
     generator = torch.Generator(device=device).manual_seed(seed)
     for episode in range(episodes):
@@ -85,6 +88,8 @@ def evaluate_policy(model: ActorCritic, env: gym.Env, episodes: int, greedy: boo
                 on_frame(episode, env)
             if terminated or truncated:
                 break
+            if should_stop is not None and length % 100 == 0 and should_stop():
+                return None
         returns.append(total)
         lengths.append(length)
     return Score.of(returns, lengths)
@@ -135,15 +140,24 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
     start = time.time()
     conn.send(("evaluator", str(device)))
 
-    def evaluate_and_checkpoint() -> None:
+    def evaluate_and_checkpoint(evaluate: bool, should_stop: Callable[[], bool] | None) -> None:
         nonlocal best_score
         frames, episodes = shared.total_frames(), shared.total_episodes()
         # One consistent snapshot of the weights; the optimizer state is copied in the payload.
-        torch.nn.utils.vector_to_parameters(shared.params.clone(), cpu_model.parameters())
-        model.load_state_dict(cpu_model.state_dict())
-        score = evaluate_policy(model, env, config.eval_episodes, config.eval_greedy, device=device)
-        log.write(frames, episodes, time.time() - start, score)
-        improved = best_score is None or score.mean_reward > best_score
+        weights = shared.params.clone()
+        if not bool(torch.isfinite(weights).all()):
+            conn.send(("nonfinite", frames))  # never let a broken model overwrite a good checkpoint
+            return
+        torch.nn.utils.vector_to_parameters(weights, cpu_model.parameters())
+        score = None
+        if evaluate:
+            model.load_state_dict(cpu_model.state_dict())
+            score = evaluate_policy(model, env, config.eval_episodes, config.eval_greedy, device=device,
+                                    should_stop=should_stop)
+            if score is None:  # cut short by the stop signal
+                return
+            log.write(frames, episodes, time.time() - start, score)
+        improved = score is not None and (best_score is None or score.mean_reward > best_score)
         if improved:
             best_score = score.mean_reward
         payload = checkpoint_payload(config, shared, cpu_model.state_dict(), obs_shape, n_actions,
@@ -151,18 +165,21 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
         save_checkpoint(checkpoints / LATEST, payload)
         if improved:
             save_checkpoint(checkpoints / BEST, payload)
-        conn.send(("eval", frames, asdict(score), improved))
+        if score is not None:
+            conn.send(("eval", frames, asdict(score), improved))
+        conn.send(("checkpoint", frames))
 
     try:
         while not shared.stop.wait(timeout=config.eval_interval):
             if os.getppid() != parent_pid:
                 return
-            evaluate_and_checkpoint()
-        # The final evaluation waits until every worker has made its last update.
+            evaluate_and_checkpoint(True, shared.stop.is_set)
+        # The final checkpoint waits until every worker has made its last update. After a
+        # signal it is written at once, without the (possibly long) final evaluation.
         while not shared.workers_done.wait(timeout=1.0):
             if os.getppid() != parent_pid:
                 return
-        evaluate_and_checkpoint()
+        evaluate_and_checkpoint(shared.evaluate_at_end.is_set(), None)
     finally:
         log.close()
         env.close()

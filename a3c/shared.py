@@ -23,7 +23,8 @@ class SharedTraining:
     episodes: torch.Tensor        # int64 per worker slot: finished episodes
     skipped_updates: torch.Tensor  # int64 per worker slot: updates dropped for non-finite values
     stop: Any                     # multiprocessing Event: workers and evaluator wind down
-    workers_done: Any             # multiprocessing Event: all workers joined; make the final evaluation
+    workers_done: Any             # multiprocessing Event: all workers joined; write the final checkpoint
+    evaluate_at_end: Any          # multiprocessing Event: evaluate before that final checkpoint
     base_frames: int = 0          # frames and episodes done before a resume
     base_episodes: int = 0
 
@@ -36,7 +37,8 @@ class SharedTraining:
         def counter() -> torch.Tensor:
             return torch.zeros(slots, dtype=torch.int64).share_memory_()
 
-        return cls(params, optimizer, counter(), counter(), counter(), context.Event(), context.Event())
+        return cls(params, optimizer, counter(), counter(), counter(), context.Event(), context.Event(),
+                   context.Event())
 
     def total_frames(self) -> int:
         return self.base_frames + int(self.frames.sum())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 import torch.multiprocessing as mp
 
@@ -36,6 +37,18 @@ RECENT_EPISODES = 100
 MAX_DEATHS, DEATH_WINDOW_S = 5, 300.0
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
+
+
+def resident_memory() -> int:
+    """Resident bytes of this process and all its children (workers, evaluator)."""
+    me = psutil.Process()
+    total = 0
+    for process in (me, *me.children(recursive=True)):
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:  # a child that just exited
+            pass
+    return total
 
 
 def new_run_dir(config: Config) -> Path:
@@ -73,16 +86,17 @@ class Monitor:
     last_eval: dict[str, float] | None = None
     last_train: dict[int, dict[str, float]] = field(default_factory=dict)
     skipped_updates: int = 0
+    checkpoints: int = 0
     evaluator_device: str = "?"
 
-    def status_line(self, frames: int, budget: int, fps: float, episodes: int) -> str:
+    def status_line(self, frames: int, budget: int, fps: float, episodes: int, rss_bytes: int) -> str:
         recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
         evaluation = (f"{self.last_eval['mean_reward']:.1f} ± {self.last_eval['std_reward']:.1f}"
                       if self.last_eval else "-")
         elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - self.start))
         return (f"[{elapsed}] frames {frames:,}/{budget:,} ({100 * frames / budget:.1f}%) | "
                 f"{fps:,.0f} fps | episodes {episodes:,} | return(last {len(self.recent_returns)}) "
-                f"{recent} | eval {evaluation}")
+                f"{recent} | eval {evaluation} | mem {rss_bytes / 2**20:,.0f} MiB")
 
 
 class Trainer:
@@ -134,6 +148,11 @@ class Trainer:
         sender.close()
         self.children.append(Child(process, receiver, "evaluator", -1, incarnation))
 
+    @staticmethod
+    def _describe(child: Child) -> str:
+        name = f"worker {child.slot}" if child.role == "worker" else "evaluator"
+        return f"{name} (pid {child.process.pid})"
+
     def _workers(self) -> list[Child]:
         return [c for c in self.children if c.role == "worker"]
 
@@ -176,6 +195,11 @@ class Trainer:
         elif kind == "evaluator":
             self.monitor.evaluator_device = message[1]
             self._print(f"evaluator running on {message[1]}")
+        elif kind == "checkpoint":
+            self.monitor.checkpoints += 1
+        elif kind == "nonfinite":
+            self._print(f"evaluator: the shared model is non-finite at {message[1]:,} frames; "
+                        "no checkpoint written")
         elif kind == "skipped":
             self.monitor.skipped_updates += 1
             self._print(f"worker {message[1]}: skipped an update with a non-finite loss or gradient "
@@ -200,18 +224,16 @@ class Trainer:
             self.deaths.append(now)
             while self.deaths and now - self.deaths[0] > DEATH_WINDOW_S:
                 self.deaths.popleft()
-            name = f"worker {child.slot}" if child.role == "worker" else "evaluator"
-            self._print(f"{name} (pid {child.process.pid}) died with exit code {code}")
+            self._print(f"{self._describe(child)} died with exit code {code}")
             if len(self.deaths) >= MAX_DEATHS:
                 self.outcome = (EXIT_FAILED, (f"{len(self.deaths)} processes died within {DEATH_WINDOW_S:.0f} s; "
                                               "stopping (the last good checkpoint is kept)"))
                 return
             if child.role == "worker":
                 self._start_worker(child.slot, child.incarnation + 1)
-                self._print(f"worker {child.slot} replaced with a fresh seed")
             else:
                 self._start_evaluator(child.incarnation + 1)
-                self._print("evaluator replaced")
+            self._print(f"replaced by {self._describe(self.children[-1])}")
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals.append(signum)
@@ -254,6 +276,7 @@ class Trainer:
                 self._start_evaluator()
             for slot in range(config.workers):
                 self._start_worker(slot)
+            self._print("started " + ", ".join(self._describe(c) for c in self.children))
             last_status, last_frames = time.time(), self.shared.total_frames()
             while self.outcome is None:
                 self._drain(POLL_S)
@@ -265,12 +288,14 @@ class Trainer:
                     frames = self.shared.total_frames()
                     fps = (frames - last_frames) / (now - last_status)
                     self._print(self.monitor.status_line(frames, config.total_frames, fps,
-                                                         self.shared.total_episodes()))
+                                                         self.shared.total_episodes(), resident_memory()))
                     last_status, last_frames = now, frames
                     episodes_file.flush()
             code, reason = self.outcome
             self._print(f"stopping: {reason}")
-            self._shutdown(final_evaluation=code != EXIT_FAILED or "died" in reason)
+            # A failed run keeps its last good checkpoint; a signal gets a checkpoint without
+            # the final evaluation, so that it ends within seconds.
+            self._shutdown(final_checkpoint=code != EXIT_FAILED, final_evaluation=code == EXIT_OK)
             frames, elapsed = self.shared.total_frames(), time.time() - start
             self._print(f"done: {frames:,} frames in {elapsed:.1f} s; run directory {self.run_dir}")
             if code == EXIT_FAILED:
@@ -290,14 +315,16 @@ class Trainer:
                 return
             self._drain(POLL_S)
 
-    def _shutdown(self, final_evaluation: bool) -> None:
+    def _shutdown(self, final_checkpoint: bool, final_evaluation: bool) -> None:
         self.shared.stop.set()
         workers = self._workers()
         self._wait_for(workers, WORKER_STOP_TIMEOUT_S)
         self._terminate(workers)
         evaluator = self._evaluator()
         if evaluator is not None:
-            if final_evaluation:
+            if final_checkpoint:
+                if final_evaluation:
+                    self.shared.evaluate_at_end.set()
                 self.shared.workers_done.set()
                 self._wait_for([evaluator], EVALUATOR_STOP_TIMEOUT_S)
             self._terminate([evaluator])

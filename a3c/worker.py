@@ -80,6 +80,10 @@ class Rollout:
     ended: torch.Tensor
     initial_state: LstmState | None = None
     steps: int = 0
+    # With several environments per worker the acting pass keeps its graph (see Worker.keep_graph):
+    # per-step logits and values that the loss uses instead of a batched recomputation.
+    graph_logits: list[torch.Tensor] | None = None
+    graph_values: list[torch.Tensor] | None = None
 
     @classmethod
     def allocate(cls, steps: int, batch: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype) -> Rollout:
@@ -93,7 +97,8 @@ class Rollout:
         """The first `steps` steps (a rollout cut short by the stop signal is shorter)."""
         n = self.steps
         return Rollout(self.obs[:n], self.actions[:n], self.rewards[:n], self.values[:n],
-                       self.next_values[:n], self.terminated[:n], self.ended[:n], self.initial_state, n)
+                       self.next_values[:n], self.terminated[:n], self.ended[:n], self.initial_state, n,
+                       self.graph_logits, self.graph_values)
 
 
 @dataclass
@@ -117,12 +122,16 @@ def a3c_loss(model: ActorCritic, rollout: Rollout, config: Config
              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs.
 
-    The rollout's forward pass is recomputed in one batched pass from the stored observations
-    (the local weights did not change during the rollout), which is cheaper than keeping T graphs.
+    With one environment the rollout's forward pass is recomputed in one batched pass from the
+    stored observations (the local weights did not change during the rollout); with several,
+    the acting pass's own graph is used. Each is the faster for its case (README, Performance).
     """
-    episode_starts = torch.zeros_like(rollout.ended)
-    episode_starts[1:] = rollout.ended[:-1]
-    logits, values = model.unroll(rollout.obs, rollout.initial_state, episode_starts)
+    if rollout.graph_logits is not None:
+        logits, values = torch.stack(rollout.graph_logits), torch.stack(rollout.graph_values)
+    else:
+        episode_starts = torch.zeros_like(rollout.ended)
+        episode_starts[1:] = rollout.ended[:-1]
+        logits, values = model.unroll(rollout.obs, rollout.initial_state, episode_starts)
     returns, advantages = returns_and_advantages(
         rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.ended,
         config.gamma, config.gae_lambda)
@@ -165,6 +174,9 @@ class Worker:
         self.episode_lengths = [0] * len(self.envs)
         self.finished: list[EpisodeRecord] = []
         self.reward_scale = config.training_reward_scale
+        # Measured (README, Performance): for one env a no-grad acting pass plus one batched
+        # recomputation is faster; for several, keeping the acting graph is.
+        self.keep_graph = config.envs_per_worker > 1
 
     def sync_weights(self) -> None:
         self.local_params.copy_(self.shared.params)
@@ -174,11 +186,20 @@ class Worker:
             return float(np.sign(reward))
         return reward * self.reward_scale
 
-    @torch.no_grad()
     def collect(self, stop_early: bool = True) -> Rollout:
         """Play up to t_max steps with the local weights, sampling from the policy."""
-        rollout, model = self.rollout, self.model
+        rollout = self.rollout
+        if self.state is not None:  # truncated backpropagation: no gradient into earlier rollouts
+            self.state = (self.state[0].detach(), self.state[1].detach())
         rollout.initial_state = None if self.state is None else (self.state[0].clone(), self.state[1].clone())
+        rollout.graph_logits = [] if self.keep_graph else None
+        rollout.graph_values = [] if self.keep_graph else None
+        with torch.set_grad_enabled(self.keep_graph):
+            self._play(rollout, stop_early)
+        return rollout.view()
+
+    def _play(self, rollout: Rollout, stop_early: bool) -> None:
+        model = self.model
         rollout.next_values.zero_()
         # Scalars go through numpy views of the rollout tensors: far cheaper than tensor indexing.
         actions_np, values_np = rollout.actions.numpy(), rollout.values.numpy()
@@ -187,7 +208,14 @@ class Worker:
         steps = 0
         for t in range(self.config.t_max):
             rollout.obs[t].copy_(self.obs)
-            logits, value, self.state = model(self.obs, self.state)
+            # A kept graph may save its input, so it gets a tensor of its own (writes to self.obs or
+            # to any step of the rollout buffer would bump the saved tensor's version).
+            step_obs = self.obs.clone() if self.keep_graph else self.obs
+            logits, value, self.state = model(step_obs, self.state)
+            if rollout.graph_logits is not None:
+                rollout.graph_logits.append(logits)
+                rollout.graph_values.append(value)
+                logits, value = logits.detach(), value.detach()
             actions = sample_actions(logits, self.rng)
             actions_np[t] = actions
             values_np[t] = value.numpy()
@@ -205,9 +233,10 @@ class Worker:
                                                        self.episode_lengths[b], time.time()))
                     self.episode_returns[b], self.episode_lengths[b] = 0.0, 0
                     obs, _ = env.reset()
-                    if self.state is not None:
-                        self.state[0][b].zero_()
-                        self.state[1][b].zero_()
+                    if self.state is not None:  # out of place: the graph may hold the old state
+                        keep = torch.ones(len(self.envs), 1)
+                        keep[b] = 0.0
+                        self.state = (self.state[0] * keep, self.state[1] * keep)
                 self.obs[b] = torch.from_numpy(obs)
             steps = t + 1
             if stop_early and self.shared.stop.is_set():
@@ -219,10 +248,11 @@ class Worker:
             rollout.next_values[:steps - 1][inner] = rollout.values[1:steps][inner]
         last = ~rollout.ended[steps - 1]
         if last.any():
-            _, last_value, _ = model(self.obs, self.state)
+            with torch.no_grad():
+                _, last_value, _ = model(self.obs, self.state)
             rollout.next_values[steps - 1][last] = last_value[last]
-        return rollout.view()
 
+    @torch.no_grad()
     def _value(self, obs: np.ndarray, env_index: int) -> torch.Tensor:
         state = None
         if self.state is not None:

@@ -39,28 +39,30 @@ def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, config: C
     fresh = copy.deepcopy(model)
     torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
     state = None if rollout.initial_state is None else tuple(s.clone() for s in rollout.initial_state)
-    log_probs, values, entropies = [], [], []
-    for t in range(rollout.steps):
-        if t > 0 and state is not None and bool(rollout.ended[t - 1, 0]):
-            state = fresh.initial_state(1)
-        logits, value, state = fresh(rollout.obs[t], state)
-        log_prob = F.log_softmax(logits, -1)
-        log_probs.append(log_prob[0, rollout.actions[t, 0]])
-        entropies.append(-(log_prob.exp() * log_prob).sum())
-        values.append(value[0])
     returns, advantages = returns_and_advantages(
         rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.ended,
         config.gamma, config.gae_lambda)
-    policy_loss = -sum(lp * a for lp, a in zip(log_probs, advantages[:, 0]))
-    value_loss = 0.5 * sum((r - v) ** 2 for r, v in zip(returns[:, 0], values))
-    loss = policy_loss - config.entropy_coef * sum(entropies) + config.value_loss_coef * value_loss
+    batch = rollout.obs.shape[1]
+    policy_loss = value_loss = entropy = 0.0
+    for t in range(rollout.steps):
+        if t > 0 and state is not None:  # a new episode starts from a zero LSTM state
+            keep = (~rollout.ended[t - 1]).float().unsqueeze(1)
+            state = (state[0] * keep, state[1] * keep)
+        logits, value, state = fresh(rollout.obs[t], state)
+        log_prob = F.log_softmax(logits, -1)
+        for b in range(batch):
+            policy_loss = policy_loss - log_prob[b, rollout.actions[t, b]] * advantages[t, b]
+            value_loss = value_loss + 0.5 * (returns[t, b] - value[b]) ** 2
+            entropy = entropy - (log_prob[b].exp() * log_prob[b]).sum()
+    loss = (policy_loss - config.entropy_coef * entropy + config.value_loss_coef * value_loss) / batch
     grads = torch.autograd.grad(loss, list(fresh.parameters()))
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-@pytest.mark.parametrize("lstm", [False, True])
-def test_each_update_hands_over_exactly_its_own_gradient(lstm):
-    config = Config(env_id="CartPole-v1", workers=1, t_max=8, lstm=lstm, lr=1e-2,
+@pytest.mark.parametrize("lstm", [False, True], ids=["feedforward", "lstm"])
+@pytest.mark.parametrize("envs", [1, 3], ids=["recomputed-graph", "kept-graph"])
+def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs):
+    config = Config(env_id="CartPole-v1", workers=1, t_max=8, lstm=lstm, lr=1e-2, envs_per_worker=envs,
                     max_grad_norm=1e9)  # no clipping, so the raw gradient is compared
     context = mp.get_context("spawn")
     model = build_model(config, (4,), 2)

@@ -1,0 +1,87 @@
+"""Running `a3c` as a user would, in a subprocess, and reading its output as it comes."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+
+
+class TrainProcess:
+    """`python -m a3c train ...` in its own process group, its output read line by line."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen([sys.executable, "-m", "a3c", "train", *args], cwd=cwd,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        env=env, start_new_session=True)
+        self.lines: list[str] = []
+        self.pids: set[int] = {self.process.pid}
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 120.0) -> re.Match:
+        """Block until an output line matches `pattern`; fail on exit or timeout."""
+        regex = re.compile(pattern)
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n"
+                                     + "\n".join(self.lines[-30:])) from None
+            if line is None:
+                raise AssertionError(f"process ended before {pattern!r}:\n" + "\n".join(self.lines[-30:]))
+            self.lines.append(line)
+            self.pids.update(int(p) for p in re.findall(r"pid (\d+)", line))
+            match = regex.search(line)
+            if match:
+                return match
+
+    def finish(self, timeout: float = 120.0) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        while True:
+            line = self._queue.get_nowait() if not self._queue.empty() else None
+            if line is None:
+                break
+            self.lines.append(line)
+            self.pids.update(int(p) for p in re.findall(r"pid (\d+)", line))
+        return code
+
+    def worker_pid(self, slot: int) -> int:
+        for line in reversed(self.lines):
+            match = re.search(rf"worker {slot} \(pid (\d+)\)", line)
+            if match:
+                return int(match.group(1))
+        raise AssertionError(f"no pid seen for worker {slot}")
+
+    def alive_pids(self) -> list[int]:
+        alive = []
+        for pid in self.pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
+
+    def kill_all(self) -> None:
+        """Cleanup after a failed test: end what this test started."""
+        for pid in self.alive_pids():
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.process.wait(timeout=30)

@@ -1,0 +1,139 @@
+"""Faults a long unattended run must survive: dead workers, signals, resume, NaNs, torn writes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from a3c.checkpoint import load_checkpoint, save_checkpoint
+from a3c.config import Config
+from a3c.model import build_model
+from a3c.shared import SharedTraining
+from a3c.trainer import Trainer
+from a3c.worker import Worker, seed_stream
+from tests.conftest import _torch_segments
+from tests.helpers import TrainProcess
+
+CARTPOLE = ["--env-id", "CartPole-v1", "--workers", "2", "--lr", "1e-3", "--status-interval", "0.5",
+            "--eval-episodes", "2"]
+
+
+@pytest.fixture
+def train_process(tmp_path):
+    started: list[TrainProcess] = []
+
+    def start(*args: str) -> TrainProcess:
+        process = TrainProcess([*CARTPOLE, "--runs-dir", str(tmp_path), "--run-name", "run", *args], tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None or process.alive_pids():
+            process.kill_all()
+
+
+def test_a_killed_worker_is_replaced_and_training_reaches_its_budget(train_process, tmp_path):
+    run = train_process("--total-frames", "60000", "--eval-interval", "600")
+    run.wait_for(r"frames ([1-9][\d,]*)/")
+    victim = run.worker_pid(0)
+    os.kill(victim, signal.SIGKILL)
+    run.wait_for(rf"worker 0 \(pid {victim}\) died with exit code -9")
+    run.wait_for(r"replaced by worker 0 \(pid \d+\)")
+    assert run.finish() == 0
+    assert any("reached 60,000 frames" in line for line in run.lines)
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert checkpoint["frames"] >= 60000
+    with open(tmp_path / "run" / "train_episodes.csv") as f:
+        episodes = list(csv.DictReader(f))
+    assert checkpoint["episodes"] == len(episodes)  # the counters stayed consistent
+    assert run.alive_pids() == []
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_everything_cleanly_with_a_final_checkpoint(train_process, tmp_path, signum, code):
+    segments = _torch_segments()
+    run = train_process("--total-frames", "100000000", "--eval-interval", "600")
+    run.wait_for(r"frames ([1-9][\d,]*)/")
+    run.process.send_signal(signum)
+    assert run.finish(timeout=60) == code
+    assert any("final checkpoint" in line or "stopped by" in line for line in run.lines)
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert checkpoint["frames"] > 0 and checkpoint["score"] is None  # saved, not evaluated
+    assert run.alive_pids() == []
+    assert _torch_segments() <= segments
+
+
+def test_a_second_ctrl_c_stops_at_once(train_process):
+    run = train_process("--total-frames", "100000000", "--eval-interval", "600")
+    run.wait_for(r"frames ([1-9][\d,]*)/")
+    run.process.send_signal(signal.SIGINT)
+    run.process.send_signal(signal.SIGINT)
+    assert run.finish(timeout=30) == 130
+    assert run.alive_pids() == []
+
+
+def test_resume_restores_model_optimizer_and_counters(tmp_path):
+    config = Config(env_id="CartPole-v1", workers=2, total_frames=4000, lr=1e-3, eval_episodes=2,
+                    runs_dir=str(tmp_path), run_name="run")
+    assert Trainer(config).run() == 0
+    run_dir = tmp_path / "run"
+    payload = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    resumed_config = Config.from_dict({**payload["config"], "total_frames": 8000})
+    trainer = Trainer(resumed_config, payload, run_dir)
+    model = build_model(resumed_config, (4,), 2)
+    model.load_state_dict(payload["model"])
+    assert torch.equal(trainer.shared.params, torch.nn.utils.parameters_to_vector(model.parameters()))
+    saved, restored = payload["optimizer"]["state"][0], trainer.shared.optimizer.state_dict()["state"][0]
+    for key in ("step", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(torch.as_tensor(saved[key]), restored[key])
+    assert all(t.is_shared() for t in trainer.shared.optimizer.tensors())
+    assert trainer.shared.total_frames() == payload["frames"]
+    assert trainer.best_score == payload["best_score"]
+    assert trainer.run() == 0
+    assert trainer.shared.total_frames() >= 8000
+    final = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    assert final["frames"] >= 8000 and float(final["optimizer"]["state"][0]["step"]) > float(saved["step"])
+    with open(run_dir / "train_episodes.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows.count(rows[0]) == 1 and len(rows) - 1 == final["episodes"]  # appended, one header
+    with open(run_dir / "evaluations.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2  # one final evaluation from each part
+
+
+def test_a_nan_gradient_never_reaches_the_shared_model():
+    config = Config(env_id="CartPole-v1", workers=1, t_max=5)
+    shared = SharedTraining.create(build_model(config, (4,), 2), config, mp.get_context("spawn"))
+    worker = Worker(0, config, shared, seed_stream(1, 0))
+    worker.model.policy.weight.register_hook(lambda grad: grad * float("nan"))
+    before = shared.params.clone()
+    worker.sync_weights()
+    stats = worker.update(worker.collect())
+    worker.close()
+    assert not stats.applied
+    assert torch.equal(shared.params, before)
+    assert torch.isfinite(shared.params).all()
+    assert float(shared.optimizer.steps[0]) == 0
+
+
+class _ExplodingTensor:
+    """Pickling fails part way through, as a crash in the middle of a write would."""
+
+    def __reduce__(self):
+        raise RuntimeError("simulated crash while writing")
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
+    path = tmp_path / "latest.pt"
+    save_checkpoint(path, {"frames": 1, "model": {"w": torch.arange(1000.0)}})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        save_checkpoint(path, {"frames": 2, "model": {"w": torch.zeros(1000)}, "bad": _ExplodingTensor()})
+    payload = load_checkpoint(path)
+    assert payload["frames"] == 1 and torch.equal(payload["model"]["w"], torch.arange(1000.0))
+    assert [p.name for p in Path(tmp_path).iterdir()] == ["latest.pt"]  # no temporary left over
