@@ -145,7 +145,8 @@ def command_eval(args: argparse.Namespace) -> int:
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not fit its model: {error}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit its model: "
+                              f"{str(error).splitlines()[0]}") from None
     model.to(device).eval()
     env = make_env(config)
     print(f"evaluating {path} ({config.env_id}, {payload['frames']:,} training frames) on {device} "

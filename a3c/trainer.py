@@ -19,6 +19,7 @@ import psutil
 import torch
 import torch.multiprocessing as mp
 
+from a3c.checkpoint import CheckpointError
 from a3c.config import Config, ConfigError, validate
 from a3c.envs import env_spaces
 from a3c.evaluator import run_evaluator
@@ -111,7 +112,11 @@ class Trainer:
         model = build_model(config, self.obs_shape, self.n_actions)
         best_score = None
         if resume_payload is not None:
-            model.load_state_dict(resume_payload["model"])
+            try:
+                model.load_state_dict(resume_payload["model"])
+            except RuntimeError as error:
+                raise CheckpointError(f"the checkpoint's model does not fit this configuration: "
+                                      f"{str(error).splitlines()[0]}") from None
         self.shared = SharedTraining.create(model, config, self.context)
         if resume_payload is not None:
             self.shared.optimizer.load_state_dict(resume_payload["optimizer"])
