@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Where there is no NVIDIA GPU, pin the CPU build this workplace serves; otherwise let pip pick
 # a CUDA build within the package's range.
 TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),torch>=2.1,torch==2.13.0)
-EXTRAS ?= yaml
+EXTRAS ?= yaml,progress,tensorboard,plot,video
 
 # Training settings (empty means the default of `a3c train --help`).
 WORKERS ?=
@@ -29,6 +29,8 @@ RUN ?=
 CHECKPOINT ?=
 EPISODES ?= 10
 DEVICE ?= auto
+VIDEO ?=
+OUTPUT ?=
 # Benchmark settings.
 BENCH_WORKERS ?= 1 2
 BENCH_SECONDS ?= 60
@@ -42,9 +44,9 @@ TRAIN_FLAGS = $(call opt,--workers,$(WORKERS)) $(call opt,--env-id,$(ENV)) \
 	$(call opt,--run-name,$(RUN_NAME)) $(call opt,--resume,$(RESUME)) \
 	$(call opt,--config,$(CONFIG)) $(call opt,--eval-device,$(EVAL_DEVICE)) $(ARGS)
 EVAL_FLAGS = --runs-dir $(RUNS_DIR) $(call opt,--run,$(RUN)) $(call opt,--checkpoint,$(CHECKPOINT)) \
-	--episodes $(EPISODES) --device $(DEVICE) $(ARGS)
+	--episodes $(EPISODES) --device $(DEVICE) $(if $(filter 1 yes true,$(VIDEO)),--video) $(ARGS)
 
-.PHONY: install train eval test lint bench clean
+.PHONY: install train eval plot test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +68,9 @@ train: $(VENV)/.installed
 
 eval: $(VENV)/.installed
 	$(BIN)/a3c eval $(EVAL_FLAGS)
+
+plot: $(VENV)/.installed
+	$(BIN)/a3c plot --runs-dir $(RUNS_DIR) $(RUN) $(call opt,--output,$(OUTPUT))
 
 test: $(VENV)/.test-installed
 	$(BIN)/ruff check a3c tests scripts

@@ -128,6 +128,7 @@ def _check_matches_env(config: Config, payload: dict[str, Any], path: Path) -> N
 
 
 def command_eval(args: argparse.Namespace) -> int:
+    import gymnasium as gym
     import torch
 
     from a3c.envs import make_env
@@ -148,14 +149,37 @@ def command_eval(args: argparse.Namespace) -> int:
         raise CheckpointError(f"checkpoint {path} does not fit its model: "
                               f"{str(error).splitlines()[0]}") from None
     model.to(device).eval()
-    env = make_env(config)
+    env = make_env(config, render_mode="rgb_array" if args.video else None)
     print(f"evaluating {path} ({config.env_id}, {payload['frames']:,} training frames) on {device} "
           f"over {args.episodes} episodes, {'sampled' if args.sample else 'greedy'} actions", flush=True)
-    score = evaluate_policy(model, env, args.episodes, greedy=not args.sample, seed=args.seed, device=device)
+    recorder = None
+    if args.video:
+        from a3c.video import VideoRecorder
+
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        recorder = VideoRecorder(env, args.video_dir or run_dir / "videos", prefix=path.stem)
+    try:
+        score = evaluate_policy(model, env, args.episodes, greedy=not args.sample, seed=args.seed,
+                                device=device, on_frame=None if recorder is None else recorder.on_step)
+    except gym.error.DependencyNotInstalled as error:  # rendering a classic-control game needs pygame
+        raise ConfigError(f"video of {config.env_id}: {error} (or pip install 'a3c[video]')") from None
+    if recorder is not None:
+        recorder.close()
+        for video, frames in zip(recorder.paths, recorder.frames):
+            print(f"video: {video} ({frames} frames at {recorder.fps} fps)")
     env.close()
     print(f"mean reward {score.mean_reward:.2f} ± {score.std_reward:.2f}  "
           f"min {score.min_reward:.2f}  max {score.max_reward:.2f}  "
           f"mean episode length {score.mean_ep_length:.1f}  ({score.n_episodes} episodes)")
+    return 0
+
+
+def command_plot(args: argparse.Namespace) -> int:
+    from a3c.plot import plot_runs
+
+    runs = args.runs or [str(newest_run(args.runs_dir))]
+    output = args.output or (Path(runs[0]) / "plot.png" if len(runs) == 1 else Path("plot.png"))
+    print(f"wrote {plot_runs(runs, output, args.smooth)}")
     return 0
 
 
@@ -176,13 +200,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
                           help="device to run the model on (default: auto)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")
+    evaluate.add_argument("--video", action="store_true",
+                          help="record each episode as an MP4 at the game's speed (default: off)")
+    evaluate.add_argument("--video-dir", help="where the videos go (default: RUN/videos)")
+    plot = commands.add_parser("plot", help="plot training and evaluation returns of runs")
+    plot.add_argument("runs", nargs="*", help="run directories (default: the newest under --runs-dir)")
+    plot.add_argument("--runs-dir", default="runs", help="where runs are (default: runs)")
+    plot.add_argument("--output", help="PNG to write (default: RUN/plot.png for one run, else plot.png)")
+    plot.add_argument("--smooth", type=int, default=100,
+                      help="episodes in the training return's moving mean (default: 100)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    commands = {"train": command_train, "eval": command_eval}
+    commands = {"train": command_train, "eval": command_eval, "plot": command_plot}
     try:
         return commands[args.command](args)
     except (ConfigError, CheckpointError) as error:

@@ -9,6 +9,7 @@ emulator's speed.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import cv2
@@ -61,6 +62,8 @@ class AtariEnv(gym.Env):
         self._half = np.zeros((height // 2, width // 2), np.uint8)
         self._stack = np.zeros((frame_stack, screen_size, screen_size), np.uint8)
         self._episode_frames = 0
+        # Called with every emulator frame (RGB) while set: video recording at the game's 60 fps.
+        self.on_emulator_frame: Callable[[np.ndarray], None] | None = None
 
     def _push_frame(self) -> None:
         # Max over the last two emulator frames removes Atari sprite flicker.
@@ -90,13 +93,18 @@ class AtariEnv(gym.Env):
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         act, ale_action, screens = self._ale.act, self._actions[action], self._screens
+        record = self.on_emulator_frame
         # As Gymnasium's AtariEnv: all skipped frames are played (the emulator holds still after
         # game over), so the hot loop needs no per-frame checks.
         reward = 0.0
         for _ in range(self.frame_skip - 1):
             reward += act(ale_action)
+            if record is not None:
+                record(self._ale.getScreenRGB())
         self._ale.getScreenGrayscale(screens[0])
         reward += act(ale_action)
+        if record is not None:
+            record(self._ale.getScreenRGB())
         self._ale.getScreenGrayscale(screens[1])
         self._push_frame()
         self._episode_frames += self.frame_skip
@@ -105,8 +113,8 @@ class AtariEnv(gym.Env):
         return self._stack.copy(), reward, terminated, truncated, {"lives": self._ale.lives(),
                                                                    "frames": self.frame_skip}
 
-    def render(self) -> np.ndarray | None:
-        return self._ale.getScreenRGB() if self.render_mode == "rgb_array" else None
+    def render(self) -> np.ndarray:
+        return self._ale.getScreenRGB()
 
     def close(self) -> None:
         self._base.close()

@@ -167,7 +167,6 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
             save_checkpoint(checkpoints / BEST, payload)
         if score is not None:
             conn.send(("eval", frames, asdict(score), improved))
-        conn.send(("checkpoint", frames))
 
     try:
         while not shared.stop.wait(timeout=config.eval_interval):

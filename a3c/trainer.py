@@ -3,18 +3,17 @@ log, and stop cleanly. The parent never computes gradients and never touches CUD
 
 from __future__ import annotations
 
-import csv
+import json
 import os
 import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import torch
 import torch.multiprocessing as mp
@@ -23,18 +22,16 @@ from a3c.checkpoint import CheckpointError
 from a3c.config import Config, ConfigError, validate
 from a3c.envs import env_spaces
 from a3c.evaluator import run_evaluator
+from a3c.logger import RunLogger
 from a3c.model import build_model
 from a3c.shared import SharedTraining
 from a3c.worker import run_worker, seed_stream
 
 # spawn: a CUDA evaluator cannot live in a forked child of a process that holds torch state.
 START_METHOD = "spawn"
-TRAIN_EPISODES_CSV = "train_episodes.csv"
-EPISODE_FIELDS = ["frames", "worker", "return", "length", "time"]
 POLL_S = 0.25
 WORKER_STOP_TIMEOUT_S = 30.0
 EVALUATOR_STOP_TIMEOUT_S = 600.0
-RECENT_EPISODES = 100
 MAX_DEATHS, DEATH_WINDOW_S = 5, 300.0
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
@@ -77,29 +74,6 @@ class Child:
     incarnation: int = 0
 
 
-@dataclass
-class Monitor:
-    """The parent's view of the run: recent returns, the last evaluation, the train statistics."""
-
-    start: float = field(default_factory=time.time)
-    recent_returns: deque = field(default_factory=lambda: deque(maxlen=RECENT_EPISODES))
-    recent_lengths: deque = field(default_factory=lambda: deque(maxlen=RECENT_EPISODES))
-    last_eval: dict[str, float] | None = None
-    last_train: dict[int, dict[str, float]] = field(default_factory=dict)
-    skipped_updates: int = 0
-    checkpoints: int = 0
-    evaluator_device: str = "?"
-
-    def status_line(self, frames: int, budget: int, fps: float, episodes: int, rss_bytes: int) -> str:
-        recent = f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
-        evaluation = (f"{self.last_eval['mean_reward']:.1f} ± {self.last_eval['std_reward']:.1f}"
-                      if self.last_eval else "-")
-        elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - self.start))
-        return (f"[{elapsed}] frames {frames:,}/{budget:,} ({100 * frames / budget:.1f}%) | "
-                f"{fps:,.0f} fps | episodes {episodes:,} | return(last {len(self.recent_returns)}) "
-                f"{recent} | eval {evaluation} | mem {rss_bytes / 2**20:,.0f} MiB")
-
-
 class Trainer:
     def __init__(self, config: Config, resume_payload: dict[str, Any] | None = None,
                  run_dir: Path | None = None, evaluator: bool = True) -> None:
@@ -127,7 +101,7 @@ class Trainer:
         self.run_dir = run_dir if run_dir is not None else new_run_dir(config)
         config.save(str(self.run_dir / "config.json"))
         self.children: list[Child] = []
-        self.monitor = Monitor()
+        self.skipped_updates = 0
         self.deaths: deque = deque()
         self.signals: list[int] = []
         self.outcome: tuple[int, str] | None = None
@@ -181,38 +155,26 @@ class Trainer:
         kind = message[0]
         if kind == "episode":
             _, worker, frames, episode_return, length, end_time = message
-            self.monitor.recent_returns.append(episode_return)
-            self.monitor.recent_lengths.append(length)
-            self.episode_writer.writerow([frames, worker, episode_return, length,
-                                          round(end_time - self.monitor.start, 3)])
+            self.log.episode(frames, worker, episode_return, length, end_time)
         elif kind == "train":
-            _, worker, frames, stats = message
-            self.monitor.last_train[worker] = stats
+            self.log.train(message[1], message[3])
         elif kind == "eval":
             _, frames, score, improved = message
-            self.monitor.last_eval = score
             if improved:
                 self.best_score = score["mean_reward"]
-            mark = " (new best)" if improved else ""
-            self._print(f"eval at {frames:,} frames: {score['mean_reward']:.2f} ± {score['std_reward']:.2f} "
-                        f"over {score['n_episodes']} episodes, min {score['min_reward']:.1f}, "
-                        f"max {score['max_reward']:.1f}, mean length {score['mean_ep_length']:.1f}{mark}")
+            self.log.evaluation(frames, score, improved)
         elif kind == "evaluator":
-            self.monitor.evaluator_device = message[1]
             self._print(f"evaluator running on {message[1]}")
-        elif kind == "checkpoint":
-            self.monitor.checkpoints += 1
         elif kind == "nonfinite":
             self._print(f"evaluator: the shared model is non-finite at {message[1]:,} frames; "
                         "no checkpoint written")
         elif kind == "skipped":
-            self.monitor.skipped_updates += 1
+            self.skipped_updates += 1
             self._print(f"worker {message[1]}: skipped an update with a non-finite loss or gradient "
-                        f"(norm {message[2]}); {self.monitor.skipped_updates} skipped so far")
+                        f"(norm {message[2]}); {self.skipped_updates} skipped so far")
 
-    @staticmethod
-    def _print(text: str) -> None:
-        print(text, flush=True)
+    def _print(self, text: str) -> None:
+        self.log.message(text)
 
     # -- supervision -------------------------------------------------------------------------
     def _replace_dead(self) -> None:
@@ -264,17 +226,12 @@ class Trainer:
     def run(self) -> int:
         config = self.config
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        episodes_path = self.run_dir / TRAIN_EPISODES_CSV
-        new_log = not episodes_path.exists()
-        episodes_file = open(episodes_path, "a", newline="")  # noqa: SIM115 -- open for the whole run
-        self.episode_writer = csv.writer(episodes_file)
-        if new_log:
-            self.episode_writer.writerow(EPISODE_FIELDS)
+        self.log = RunLogger(config, self.run_dir, self.shared.total_frames())
         # One intra-op thread in every child: set before their torch import, inherited at spawn.
         os.environ["OMP_NUM_THREADS"] = "1"
         os.environ["MKL_NUM_THREADS"] = "1"
         self._print(f"run directory: {self.run_dir}")
-        self._print("configuration: " + ", ".join(f"{k}={v}" for k, v in config.to_dict().items()))
+        self._print("configuration: " + json.dumps(config.to_dict()))
         try:
             start = time.time()
             if self.with_evaluator:
@@ -292,23 +249,23 @@ class Trainer:
                 if now - last_status >= config.status_interval:
                     frames = self.shared.total_frames()
                     fps = (frames - last_frames) / (now - last_status)
-                    self._print(self.monitor.status_line(frames, config.total_frames, fps,
-                                                         self.shared.total_episodes(), resident_memory()))
+                    self.log.status(frames, self.shared.total_episodes(), fps, resident_memory())
                     last_status, last_frames = now, frames
-                    episodes_file.flush()
             code, reason = self.outcome
             self._print(f"stopping: {reason}")
             # A failed run keeps its last good checkpoint; a signal gets a checkpoint without
             # the final evaluation, so that it ends within seconds.
             self._shutdown(final_checkpoint=code != EXIT_FAILED, final_evaluation=code == EXIT_OK)
             frames, elapsed = self.shared.total_frames(), time.time() - start
+            self.log.status(frames, self.shared.total_episodes(), (frames - self.frame_samples[0][1]) / elapsed,
+                            resident_memory())
             self._print(f"done: {frames:,} frames in {elapsed:.1f} s; run directory {self.run_dir}")
             if code == EXIT_FAILED:
                 print(f"error: {reason}", file=sys.stderr, flush=True)
             return code
         finally:
             self._kill_all()
-            episodes_file.close()
+            self.log.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 

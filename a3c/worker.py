@@ -305,6 +305,11 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
     worker = Worker(worker_id, config, shared, seeds)
     recent: list[UpdateStats] = []
     last_report = time.monotonic()
+
+    def report(stats: list[UpdateStats]) -> None:
+        conn.send(("train", worker_id, shared.total_frames(),
+                   {**_mean_stats(stats), "learning_rate": worker.learning_rate()}))
+
     try:
         while not shared.stop.is_set() and os.getppid() == parent_pid:
             worker.sync_weights()
@@ -319,11 +324,12 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
             else:
                 recent.append(stats)
             if recent and time.monotonic() - last_report > STATS_INTERVAL_S:
-                conn.send(("train", worker_id, shared.total_frames(),
-                           {**_mean_stats(recent), "learning_rate": worker.learning_rate()}))
+                report(recent)
                 recent, last_report = [], time.monotonic()
             if shared.budget_reached(config):
                 break
+        if recent:  # what is left, so that even a short run reports its losses
+            report(recent)
     finally:
         worker.close()
         conn.close()

@@ -1,0 +1,71 @@
+"""Recording evaluation episodes as MP4 files that play at the game's own speed.
+
+Atari games are recorded frame by frame from the emulator (60 frames per second, every skipped
+frame included); other environments record env.render() once per step at their render_fps.
+OpenCV, already a dependency, writes the files (MPEG-4 Part 2, 'mp4v').
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import gymnasium as gym
+import numpy as np
+
+from a3c.envs import AtariEnv
+
+ATARI_FPS = 60
+
+
+class VideoRecorder:
+    """Pass `on_step` to evaluate_policy as its on_frame: one file per episode under `directory`."""
+
+    def __init__(self, env: gym.Env, directory: str | Path, prefix: str = "episode", scale: int = 2) -> None:
+        self.env = env
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.prefix, self.scale = prefix, scale
+        self.atari = isinstance(env.unwrapped, AtariEnv)
+        self.fps = ATARI_FPS if self.atari else int(env.metadata.get("render_fps", 30))
+        self.episode: int | None = None
+        self.writer: cv2.VideoWriter | None = None
+        self.paths: list[Path] = []
+        self.frames: list[int] = []
+        if self.atari:  # every emulator frame, not just the one the agent sees
+            env.unwrapped.on_emulator_frame = self._add
+
+    def on_step(self, episode: int, env: gym.Env) -> None:
+        if episode != self.episode:
+            self._open(episode)
+            self._add(env.render())  # the first frame after reset
+        elif not self.atari:
+            self._add(env.render())
+
+    def _open(self, episode: int) -> None:
+        self._finish()
+        self.episode = episode
+        self.paths.append(self.directory / f"{self.prefix}-{episode:03d}.mp4")
+        self.frames.append(0)
+
+    def _add(self, rgb: np.ndarray | None) -> None:
+        if rgb is None or self.episode is None:
+            return
+        if self.scale != 1:
+            rgb = cv2.resize(rgb, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_NEAREST)
+        if self.writer is None:
+            height, width = rgb.shape[:2]
+            self.writer = cv2.VideoWriter(str(self.paths[-1]), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                          (width, height))
+        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        self.frames[-1] += 1
+
+    def _finish(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+
+    def close(self) -> None:
+        self._finish()
+        if self.atari:
+            self.env.unwrapped.on_emulator_frame = None
