@@ -33,6 +33,7 @@ VIDEO ?=
 OUTPUT ?=
 # Benchmark settings.
 BENCH_WORKERS ?= 1 2
+BENCH_ENVS ?= 1 8
 BENCH_SECONDS ?= 60
 
 opt = $(if $(2),$(1) $(2))
@@ -80,7 +81,8 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff check a3c tests scripts
 
 bench: $(VENV)/.installed
-	$(BIN)/python scripts/bench.py --workers $(BENCH_WORKERS) --seconds $(BENCH_SECONDS) $(ARGS)
+	$(BIN)/python scripts/bench.py --workers $(BENCH_WORKERS) --envs-per-worker $(BENCH_ENVS) \
+		--seconds $(BENCH_SECONDS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

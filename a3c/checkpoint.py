@@ -79,7 +79,7 @@ def newest_run(runs_dir: str | Path) -> Path:
     runs = [p for p in Path(runs_dir).glob("*") if (p / "config.json").exists()]
     if not runs:
         raise CheckpointError(f"no runs under {runs_dir}/: train first (make train)")
-    return max(runs, key=lambda p: p.stat().st_mtime)
+    return max(runs, key=lambda p: (p / "config.json").stat().st_mtime)  # the last started or resumed
 
 
 def resolve_checkpoint(target: str | Path, which: str = BEST) -> Path:

@@ -151,7 +151,7 @@ def command_eval(args: argparse.Namespace) -> int:
     model.to(device).eval()
     env = make_env(config, render_mode="rgb_array" if args.video else None)
     print(f"evaluating {path} ({config.env_id}, {payload['frames']:,} training frames) on {device} "
-          f"over {args.episodes} episodes, {'sampled' if args.sample else 'greedy'} actions", flush=True)
+          f"over {args.episodes} episodes, {'greedy' if args.greedy else 'sampled'} actions", flush=True)
     recorder = None
     if args.video:
         from a3c.video import VideoRecorder
@@ -159,7 +159,7 @@ def command_eval(args: argparse.Namespace) -> int:
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         recorder = VideoRecorder(env, args.video_dir or run_dir / "videos", prefix=path.stem)
     try:
-        score = evaluate_policy(model, env, args.episodes, greedy=not args.sample, seed=args.seed,
+        score = evaluate_policy(model, env, args.episodes, greedy=args.greedy, seed=args.seed,
                                 device=device, on_frame=None if recorder is None else recorder.on_step)
     except gym.error.DependencyNotInstalled as error:  # rendering a classic-control game needs pygame
         raise ConfigError(f"video of {config.env_id}: {error} (or pip install 'a3c[video]')") from None
@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", help="checkpoint file (overrides --run)")
     evaluate.add_argument("--runs-dir", default="runs", help="where runs are (default: runs)")
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default: 10)")
-    evaluate.add_argument("--sample", action="store_true", help="sample actions instead of greedy")
+    evaluate.add_argument("--greedy", action="store_true",
+                          help="play the most probable action instead of sampling (default: sample)")
     evaluate.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
                           help="device to run the model on (default: auto)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")

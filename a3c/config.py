@@ -74,11 +74,14 @@ class Config:
 
     # Evaluator and logging.
     eval_interval: float = field(default=60.0, metadata=_help("seconds between evaluations"))
+    eval_every_frames: int | None = field(default=None, metadata=_help(
+        "also evaluate after every this many frames, whichever comes first"))
     eval_episodes: int = field(default=10, metadata=_help("episodes per evaluation"))
     eval_device: str = field(default="auto", metadata=_help(
         "device of the evaluator: auto (cuda when available), cuda or cpu"))
-    eval_greedy: bool = field(default=True, metadata=_help(
-        "evaluate with the most probable action rather than sampling"))
+    eval_greedy: bool = field(default=False, metadata=_help(
+        "evaluate with the most probable action instead of sampling from the policy (greedy play of a "
+        "young A3C policy often repeats one action and scores nothing)"))
     status_interval: float = field(default=5.0, metadata=_help("seconds between console status lines"))
     runs_dir: str = field(default="runs", metadata=_help("parent folder of new run directories"))
     run_name: str | None = field(default=None, metadata=_help(
@@ -136,8 +139,9 @@ def validate(config: Config) -> None:
         _positive(name, value)
     for name in ("lr", "adam_eps", "eval_interval", "status_interval"):
         _positive(name, getattr(config, name))
-    if config.time_limit is not None:
-        _positive("time_limit", config.time_limit)
+    for name in ("time_limit", "eval_every_frames"):
+        if getattr(config, name) is not None:
+            _positive(name, getattr(config, name))
     for name in ("gamma", "gae_lambda"):
         value = getattr(config, name)
         if not 0 < value <= 1:

@@ -60,7 +60,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.inference_mode()
-def evaluate_policy(model: ActorCritic, env: gym.Env, episodes: int, greedy: bool = True,
+def evaluate_policy(model: ActorCritic, env: gym.Env, episodes: int, greedy: bool = False,
                     seed: int = EVAL_SEED_OFFSET, device: torch.device | str = "cpu",
                     on_frame: Callable[[int, gym.Env], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> Score | None:
@@ -169,10 +169,15 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
             conn.send(("eval", frames, asdict(score), improved))
 
     try:
-        while not shared.stop.wait(timeout=config.eval_interval):
+        last_time, last_frames = time.time(), shared.total_frames()
+        while not shared.stop.wait(timeout=min(config.eval_interval, 1.0)):
             if os.getppid() != parent_pid:
                 return
-            evaluate_and_checkpoint(True, shared.stop.is_set)
+            due_by_frames = (config.eval_every_frames is not None
+                             and shared.total_frames() - last_frames >= config.eval_every_frames)
+            if due_by_frames or time.time() - last_time >= config.eval_interval:
+                last_time, last_frames = time.time(), shared.total_frames()
+                evaluate_and_checkpoint(True, shared.stop.is_set)
         # The final checkpoint waits until every worker has made its last update. After a
         # signal it is written at once, without the (possibly long) final evaluation.
         while not shared.workers_done.wait(timeout=1.0):

@@ -10,6 +10,8 @@ Frames count the frame skip. Training runs with the evaluator off; the first --w
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -87,7 +89,8 @@ def train_fps(config: Config, warmup: float, seconds: float) -> float:
         config.runs_dir, config.time_limit = runs, warmup + seconds
         config.total_frames, config.status_interval = 10**12, 3600.0
         trainer = Trainer(config, evaluator=False)
-        trainer.run()
+        with contextlib.redirect_stdout(io.StringIO()):  # the table is the output
+            trainer.run()
         samples = trainer.frame_samples
         t0 = samples[0][0] + warmup
         window = [(t, f) for t, f in samples if t >= t0]

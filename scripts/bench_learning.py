@@ -10,7 +10,9 @@ since the start) and the best evaluation. Writes JSON beside the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import shutil
 import tempfile
@@ -38,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             config = Config.from_dict({**settings, "runs_dir": runs, "run_name": "run",
                                        "seed": settings.get("seed", 1) + repeat})
-            trainer = Trainer(config)
-            trainer.run()
+            with contextlib.redirect_stdout(io.StringIO()):  # the table is the output
+                Trainer(config).run()
             with open(Path(runs) / "run" / EVALUATIONS_CSV) as f:
                 rows = list(csv.DictReader(f))
         finally:
