@@ -45,9 +45,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Config()
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        shown = getattr(defaults, f.name)
-        if f.name == "workers":
-            shown = f"{shown} (CPU cores here)"
+        shown = f.metadata.get("default", getattr(defaults, f.name))
         help_text = f"{f.metadata.get('help', '')} (default: {shown})"
         if f.type == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
@@ -186,10 +184,11 @@ def command_plot(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="a3c", description="Asynchronous advantage actor-critic (Hogwild A3C).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    train = commands.add_parser("train", help="train a model",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--config", help="JSON or YAML file of settings; flags given here override it")
-    train.add_argument("--resume", help="run directory or checkpoint to continue from")
+    train = commands.add_parser("train", help="train a model")
+    train.add_argument("--config", help="JSON or YAML file of settings; flags given here override it "
+                       "(default: none)")
+    train.add_argument("--resume", help="run directory or checkpoint to continue from; its settings come "
+                       "back, and flags given here override those that may change (default: none)")
     add_config_arguments(train)
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
     evaluate.add_argument("--run", help="run directory (default: the newest under --runs-dir)")

@@ -17,8 +17,9 @@ class ConfigError(ValueError):
     """A setting the user gave cannot work; the message says which and why."""
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+def _help(text: str, default: str | None = None) -> dict[str, str]:
+    """Help for the command line; `default` replaces the shown default where the value needs words."""
+    return {"help": text} if default is None else {"help": text, "default": default}
 
 
 @dataclass
@@ -27,13 +28,13 @@ class Config:
     env_id: str = field(default="ALE/KungFuMaster-v5", metadata=_help(
         "Gymnasium id: an ALE Atari game, or any env with a flat Box observation and Discrete actions"))
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata=_help(
-        "worker processes, each with its own environment (default: one per CPU core)"))
+        "worker processes, each with its own environments", f"one per CPU core, {os.cpu_count()} here"))
     envs_per_worker: int = field(default=1, metadata=_help(
         "environments per worker, stepped in turn with one batched forward pass (Hogwild between workers)"))
     total_frames: int = field(default=20_000_000, metadata=_help(
         "stop after this many environment frames (Atari frames count the frame skip)"))
     time_limit: float | None = field(default=None, metadata=_help(
-        "also stop after this many seconds of training"))
+        "also stop after this many seconds of training", "no limit"))
     seed: int = field(default=1, metadata=_help(
         "base seed: worker i seeds its environment and sampling from (seed, i)"))
 
@@ -50,7 +51,7 @@ class Config:
     reward_clip: bool = field(default=False, metadata=_help(
         "clip training rewards to [-1, 1] (the paper's choice) instead of scaling them"))
     reward_scale: float | None = field(default=None, metadata=_help(
-        "multiply training rewards by this (default: 0.01 for Atari as in the seed, 1 otherwise)"))
+        "multiply training rewards by this", "0.01 for Atari as in the seed, 1 otherwise"))
 
     # Model.
     body: str = field(default="auto", metadata=_help(
@@ -75,17 +76,20 @@ class Config:
     # Evaluator and logging.
     eval_interval: float = field(default=60.0, metadata=_help("seconds between evaluations"))
     eval_every_frames: int | None = field(default=None, metadata=_help(
-        "also evaluate after every this many frames, whichever comes first"))
+        "also evaluate after every this many frames, whichever comes first", "off"))
     eval_episodes: int = field(default=10, metadata=_help("episodes per evaluation"))
     eval_device: str = field(default="auto", metadata=_help(
         "device of the evaluator: auto (cuda when available), cuda or cpu"))
     eval_greedy: bool = field(default=False, metadata=_help(
         "evaluate with the most probable action instead of sampling from the policy (greedy play of a "
         "young A3C policy often repeats one action and scores nothing)"))
+    max_deaths: int = field(default=5, metadata=_help(
+        "stop the run with an error when this many processes died within death_window seconds"))
+    death_window: float = field(default=300.0, metadata=_help("see max_deaths"))
     status_interval: float = field(default=5.0, metadata=_help("seconds between console status lines"))
     runs_dir: str = field(default="runs", metadata=_help("parent folder of new run directories"))
     run_name: str | None = field(default=None, metadata=_help(
-        "run directory name (default: game and start time)"))
+        "run directory name", "game and start time"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,12 +136,12 @@ def _positive(name: str, value: float) -> None:
 def validate(config: Config) -> None:
     """Raise ConfigError, naming the setting, for any value that cannot work."""
     for name in ("workers", "envs_per_worker", "total_frames", "t_max", "screen_size", "frame_skip", "frame_stack",
-                 "max_episode_frames", "eval_episodes", "mlp_hidden"):
+                 "max_episode_frames", "eval_episodes", "mlp_hidden", "max_deaths"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         _positive(name, value)
-    for name in ("lr", "adam_eps", "eval_interval", "status_interval"):
+    for name in ("lr", "adam_eps", "eval_interval", "status_interval", "death_window"):
         _positive(name, getattr(config, name))
     for name in ("time_limit", "eval_every_frames"):
         if getattr(config, name) is not None:

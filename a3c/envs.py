@@ -9,6 +9,7 @@ emulator's speed.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -121,9 +122,17 @@ class AtariEnv(gym.Env):
 
 
 def check_env_id(env_id: str) -> None:
-    """Refuse an id Gymnasium does not know, naming the close matches."""
+    """Refuse an id Gymnasium does not know, naming the close matches. As in gym.make, an id
+    "package.module:Name-v0" first imports the module that registers it (custom environments)."""
     if env_id.startswith("ALE/"):
         register_atari()
+    if ":" in env_id:
+        module, _, name = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ConfigError(f"cannot import {module!r} for environment {env_id!r}: {error}") from None
+        env_id = name
     if env_id not in gym.registry:
         close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""

@@ -20,7 +20,7 @@ from a3c.checkpoint import BEST, CHECKPOINT_DIR, LATEST, save_checkpoint
 from a3c.config import Config
 from a3c.envs import make_env
 from a3c.model import ActorCritic, build_model
-from a3c.shared import SharedTraining
+from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share seeds with the workers'
 EVALUATIONS_CSV = "evaluations.csv"
@@ -170,20 +170,20 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
 
     try:
         last_time, last_frames = time.time(), shared.total_frames()
-        while not shared.stop.wait(timeout=min(config.eval_interval, 1.0)):
+        while not shared.wait_flag(STOP, timeout=min(config.eval_interval, 1.0)):
             if os.getppid() != parent_pid:
                 return
             due_by_frames = (config.eval_every_frames is not None
                              and shared.total_frames() - last_frames >= config.eval_every_frames)
             if due_by_frames or time.time() - last_time >= config.eval_interval:
                 last_time, last_frames = time.time(), shared.total_frames()
-                evaluate_and_checkpoint(True, shared.stop.is_set)
+                evaluate_and_checkpoint(True, shared.stop_requested)
         # The final checkpoint waits until every worker has made its last update. After a
         # signal it is written at once, without the (possibly long) final evaluation.
-        while not shared.workers_done.wait(timeout=1.0):
+        while not shared.wait_flag(WORKERS_DONE, timeout=1.0):
             if os.getppid() != parent_pid:
                 return
-        evaluate_and_checkpoint(shared.evaluate_at_end.is_set(), None)
+        evaluate_and_checkpoint(shared.flag(EVALUATE_AT_END), None)
     finally:
         log.close()
         env.close()

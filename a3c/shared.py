@@ -1,9 +1,9 @@
-"""What every process of a run shares: the weights, the optimizer, the counters, the stop signals."""
+"""What every process of a run shares: the weights, the optimizer, the counters, the control flags."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -11,34 +11,36 @@ from a3c.config import Config
 from a3c.model import ActorCritic, bind_flat_parameters
 from a3c.shared_optim import SharedAdam
 
+# Control flags, written by the parent only. Plain shared memory rather than multiprocessing
+# Events: an Event's condition variable deadlocks its set() once a waiting process is SIGKILLed.
+STOP, WORKERS_DONE, EVALUATE_AT_END = range(3)
+FLAG_POLL_S = 0.05
+
 
 @dataclass
 class SharedTraining:
     """Handed to every child process at start. Each counter has one slot per worker, written by
     that worker alone, so counting needs no lock; totals are sums over the slots."""
 
-    params: torch.Tensor          # flat model weights, shared
+    params: torch.Tensor           # flat model weights, shared
     optimizer: SharedAdam
-    frames: torch.Tensor          # int64 per worker slot: environment frames (with frame skip)
-    episodes: torch.Tensor        # int64 per worker slot: finished episodes
+    frames: torch.Tensor           # int64 per worker slot: environment frames (with frame skip)
+    episodes: torch.Tensor         # int64 per worker slot: finished episodes
     skipped_updates: torch.Tensor  # int64 per worker slot: updates dropped for non-finite values
-    stop: Any                     # multiprocessing Event: workers and evaluator wind down
-    workers_done: Any             # multiprocessing Event: all workers joined; write the final checkpoint
-    evaluate_at_end: Any          # multiprocessing Event: evaluate before that final checkpoint
-    base_frames: int = 0          # frames and episodes done before a resume
+    flags: torch.Tensor            # uint8 [STOP, WORKERS_DONE, EVALUATE_AT_END]
+    base_frames: int = 0           # frames and episodes done before a resume
     base_episodes: int = 0
 
     @classmethod
-    def create(cls, model: ActorCritic, config: Config, context: Any) -> SharedTraining:
+    def create(cls, model: ActorCritic, config: Config) -> SharedTraining:
         params = bind_flat_parameters(model).share_memory_()
         optimizer = SharedAdam([params], lr=config.lr, eps=config.adam_eps)
-        slots = config.workers
 
         def counter() -> torch.Tensor:
-            return torch.zeros(slots, dtype=torch.int64).share_memory_()
+            return torch.zeros(config.workers, dtype=torch.int64).share_memory_()
 
-        return cls(params, optimizer, counter(), counter(), counter(), context.Event(), context.Event(),
-                   context.Event())
+        flags = torch.zeros(3, dtype=torch.uint8).share_memory_()
+        return cls(params, optimizer, counter(), counter(), counter(), flags)
 
     def total_frames(self) -> int:
         return self.base_frames + int(self.frames.sum())
@@ -48,3 +50,22 @@ class SharedTraining:
 
     def budget_reached(self, config: Config) -> bool:
         return self.total_frames() >= config.total_frames
+
+    def set_flag(self, flag: int) -> None:
+        self.flags[flag] = 1
+
+    def flag(self, flag: int) -> bool:
+        return bool(self.flags[flag])
+
+    def stop_requested(self) -> bool:
+        return bool(self.flags[STOP])
+
+    def wait_flag(self, flag: int, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for `flag`; True once it is set."""
+        deadline = time.monotonic() + timeout
+        while not self.flag(flag):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(FLAG_POLL_S, remaining))
+        return True

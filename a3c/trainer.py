@@ -24,7 +24,7 @@ from a3c.envs import env_spaces
 from a3c.evaluator import run_evaluator
 from a3c.logger import RunLogger
 from a3c.model import build_model
-from a3c.shared import SharedTraining
+from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
 from a3c.worker import run_worker, seed_stream
 
 # spawn: a CUDA evaluator cannot live in a forked child of a process that holds torch state.
@@ -32,7 +32,6 @@ START_METHOD = "spawn"
 POLL_S = 0.25
 WORKER_STOP_TIMEOUT_S = 30.0
 EVALUATOR_STOP_TIMEOUT_S = 600.0
-MAX_DEATHS, DEATH_WINDOW_S = 5, 300.0
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
 
@@ -91,7 +90,7 @@ class Trainer:
             except RuntimeError as error:
                 raise CheckpointError(f"the checkpoint's model does not fit this configuration: "
                                       f"{str(error).splitlines()[0]}") from None
-        self.shared = SharedTraining.create(model, config, self.context)
+        self.shared = SharedTraining.create(model, config)
         if resume_payload is not None:
             self.shared.optimizer.load_state_dict(resume_payload["optimizer"])
             self.shared.base_frames = int(resume_payload["frames"])
@@ -189,12 +188,13 @@ class Trainer:
             child.process.join()
             now = time.time()
             self.deaths.append(now)
-            while self.deaths and now - self.deaths[0] > DEATH_WINDOW_S:
+            while self.deaths and now - self.deaths[0] > self.config.death_window:
                 self.deaths.popleft()
             self._print(f"{self._describe(child)} died with exit code {code}")
-            if len(self.deaths) >= MAX_DEATHS:
-                self.outcome = (EXIT_FAILED, (f"{len(self.deaths)} processes died within {DEATH_WINDOW_S:.0f} s; "
-                                              "stopping (the last good checkpoint is kept)"))
+            if len(self.deaths) >= self.config.max_deaths:
+                self.outcome = (EXIT_FAILED, (f"{len(self.deaths)} processes died within "
+                                              f"{self.config.death_window:g} s; stopping "
+                                              "(the last good checkpoint is kept)"))
                 return
             if child.role == "worker":
                 self._start_worker(child.slot, child.incarnation + 1)
@@ -278,7 +278,7 @@ class Trainer:
             self._drain(POLL_S)
 
     def _shutdown(self, final_checkpoint: bool, final_evaluation: bool) -> None:
-        self.shared.stop.set()
+        self.shared.set_flag(STOP)
         workers = self._workers()
         self._wait_for(workers, WORKER_STOP_TIMEOUT_S)
         self._terminate(workers)
@@ -286,8 +286,8 @@ class Trainer:
         if evaluator is not None:
             if final_checkpoint:
                 if final_evaluation:
-                    self.shared.evaluate_at_end.set()
-                self.shared.workers_done.set()
+                    self.shared.set_flag(EVALUATE_AT_END)
+                self.shared.set_flag(WORKERS_DONE)
                 self._wait_for([evaluator], EVALUATOR_STOP_TIMEOUT_S)
             self._terminate([evaluator])
         self._drain(0)
@@ -303,7 +303,7 @@ class Trainer:
                 child.process.join()
 
     def _kill_all(self) -> None:
-        self.shared.stop.set()
+        self.shared.set_flag(STOP)
         self._terminate(self.children)
         for child in self.children:
             child.conn.close()

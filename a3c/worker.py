@@ -239,7 +239,7 @@ class Worker:
                         self.state = (self.state[0] * keep, self.state[1] * keep)
                 self.obs[b] = torch.from_numpy(obs)
             steps = t + 1
-            if stop_early and self.shared.stop.is_set():
+            if stop_early and self.shared.stop_requested():
                 break
         rollout.steps = steps
         # Bootstrap every non-final step from the next state's value, the last from V(s_T).
@@ -311,7 +311,7 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
                    {**_mean_stats(stats), "learning_rate": worker.learning_rate()}))
 
     try:
-        while not shared.stop.is_set() and os.getppid() == parent_pid:
+        while not shared.stop_requested() and os.getppid() == parent_pid:
             worker.sync_weights()
             rollout = worker.collect()
             stats = worker.update(rollout)

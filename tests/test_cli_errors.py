@@ -60,10 +60,9 @@ def test_the_command_line_shows_no_traceback(tmp_path):
 
 
 def _write_checkpoint(path, config: Config) -> None:
-    import torch.multiprocessing as mp
 
     model = build_model(config, (4,), 2)
-    shared = SharedTraining.create(model, config, mp.get_context("spawn"))
+    shared = SharedTraining.create(model, config)
     save_checkpoint(path, checkpoint_payload(config, shared, model.state_dict(), (4,), 2, 100, 3, None, None))
 
 
@@ -120,10 +119,9 @@ def test_resume_refuses_another_environment_or_model_shape(flags, message, good_
 def test_a_checkpoint_whose_model_does_not_fit(tmp_path, capsys):
     config = Config(env_id="CartPole-v1")
     wrong = Config(env_id="CartPole-v1", mlp_hidden=16)
-    import torch.multiprocessing as mp
 
     model = build_model(wrong, (4,), 2)
-    shared = SharedTraining.create(model, wrong, mp.get_context("spawn"))
+    shared = SharedTraining.create(model, wrong)
     payload = checkpoint_payload(config, shared, model.state_dict(), (4,), 2, 100, 3, None, None)
     save_checkpoint(tmp_path / "odd.pt", payload)
     code, err = run_cli(["eval", "--checkpoint", str(tmp_path / "odd.pt")], capsys)

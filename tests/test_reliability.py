@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from a3c.checkpoint import load_checkpoint, save_checkpoint
 from a3c.config import Config
@@ -39,17 +39,22 @@ def train_process(tmp_path):
             process.kill_all()
 
 
-def test_a_killed_worker_is_replaced_and_training_reaches_its_budget(train_process, tmp_path):
-    run = train_process("--total-frames", "60000", "--eval-interval", "600")
+def test_killed_workers_and_evaluator_are_replaced_and_training_reaches_its_budget(train_process, tmp_path):
+    run = train_process("--total-frames", "150000", "--eval-interval", "600")
     run.wait_for(r"frames ([1-9][\d,]*)/")
     victim = run.worker_pid(0)
     os.kill(victim, signal.SIGKILL)
     run.wait_for(rf"worker 0 \(pid {victim}\) died with exit code -9")
     run.wait_for(r"replaced by worker 0 \(pid \d+\)")
+    evaluator = int(next(m for m in (re.search(r"evaluator \(pid (\d+)\)", line) for line in run.lines) if m)
+                    .group(1))
+    os.kill(evaluator, signal.SIGKILL)
+    run.wait_for(rf"evaluator \(pid {evaluator}\) died with exit code -9")
+    run.wait_for(r"replaced by evaluator \(pid \d+\)")
     assert run.finish() == 0
-    assert any("reached 60,000 frames" in line for line in run.lines)
-    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
-    assert checkpoint["frames"] >= 60000
+    assert any("reached 150,000 frames" in line for line in run.lines)
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")  # by the new evaluator
+    assert checkpoint["frames"] >= 150000
     with open(tmp_path / "run" / "train_episodes.csv") as f:
         episodes = list(csv.DictReader(f))
     assert checkpoint["episodes"] == len(episodes)  # the counters stayed consistent
@@ -76,6 +81,21 @@ def test_a_second_ctrl_c_stops_at_once(train_process):
     run.process.send_signal(signal.SIGINT)
     run.process.send_signal(signal.SIGINT)
     assert run.finish(timeout=30) == 130
+    assert run.alive_pids() == []
+
+
+def test_workers_that_keep_dying_stop_the_run_with_a_clear_error(tmp_path):
+    run = TrainProcess(["--env-id", "tests.crashing_env:CrashingCartPole-v0", "--workers", "2",
+                        "--max-deaths", "3", "--total-frames", "1000000", "--eval-interval", "600",
+                        "--runs-dir", str(tmp_path), "--run-name", "run"], tmp_path)
+    try:
+        assert run.finish(timeout=120) == 1
+    finally:
+        if run.process.poll() is None:
+            run.kill_all()
+    assert sum("died with exit code 1" in line for line in run.lines) >= 3
+    assert any("3 processes died within 300 s; stopping" in line for line in run.lines)
+    assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()  # nothing written from a failed run
     assert run.alive_pids() == []
 
 
@@ -109,7 +129,7 @@ def test_resume_restores_model_optimizer_and_counters(tmp_path):
 
 def test_a_nan_gradient_never_reaches_the_shared_model():
     config = Config(env_id="CartPole-v1", workers=1, t_max=5)
-    shared = SharedTraining.create(build_model(config, (4,), 2), config, mp.get_context("spawn"))
+    shared = SharedTraining.create(build_model(config, (4,), 2), config)
     worker = Worker(0, config, shared, seed_stream(1, 0))
     worker.model.policy.weight.register_hook(lambda grad: grad * float("nan"))
     before = shared.params.clone()

@@ -9,7 +9,6 @@ import sys
 
 import cv2
 import pytest
-import torch.multiprocessing as mp
 
 from a3c.checkpoint import save_checkpoint
 from a3c.cli import main
@@ -48,7 +47,7 @@ def test_plot_writes_a_png_of_several_runs(tmp_path, capsys):
 
 def _checkpoint(path, config: Config, obs_shape, n_actions) -> None:
     model = build_model(config, obs_shape, n_actions)
-    shared = SharedTraining.create(model, config, mp.get_context("spawn"))
+    shared = SharedTraining.create(model, config)
     save_checkpoint(path, checkpoint_payload(config, shared, model.state_dict(), obs_shape, n_actions,
                                              0, 0, None, None))
 

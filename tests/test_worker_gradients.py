@@ -13,7 +13,6 @@ import copy
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from a3c.config import Config
@@ -64,9 +63,8 @@ def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, config: C
 def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs):
     config = Config(env_id="CartPole-v1", workers=1, t_max=8, lstm=lstm, lr=1e-2, envs_per_worker=envs,
                     max_grad_norm=1e9)  # no clipping, so the raw gradient is compared
-    context = mp.get_context("spawn")
     model = build_model(config, (4,), 2)
-    shared = SharedTraining.create(model, config, context)
+    shared = SharedTraining.create(model, config)
     worker = Worker(0, config, shared, seed_stream(config.seed, 0))
     recorder = RecordingOptimizer(shared.optimizer)
     worker.optimizer = recorder
@@ -91,7 +89,7 @@ def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs):
 def test_update_changes_the_shared_weights_by_one_adam_step_of_that_gradient():
     config = Config(env_id="CartPole-v1", workers=1, t_max=5, lr=1e-2, max_grad_norm=1e9)
     model = build_model(config, (4,), 2)
-    shared = SharedTraining.create(model, config, mp.get_context("spawn"))
+    shared = SharedTraining.create(model, config)
     worker = Worker(0, config, shared, seed_stream(config.seed, 0))
     worker.sync_weights()
     before = shared.params.clone()
