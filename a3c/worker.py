@@ -58,13 +58,10 @@ def returns_and_advantages(rewards: torch.Tensor, values: torch.Tensor, next_val
 
 
 def sample_actions(logits: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
-    """One action per row of `logits`, drawn from softmax(logits) by inverting the CDF (a few
-    microseconds, against about 30 for torch.multinomial on one row)."""
+    """One action per row of `logits`, drawn from softmax(logits) with the Gumbel-max trick (exact;
+    a few microseconds, against about 30 for torch.multinomial on one row)."""
     z = logits.numpy()
-    weights = np.exp(z - z.max(axis=1, keepdims=True))
-    cdf = np.cumsum(weights, axis=1)
-    u = rng.random(len(cdf)) * cdf[:, -1]
-    return np.minimum((cdf < u[:, None]).sum(axis=1), cdf.shape[1] - 1)
+    return np.argmax(z + rng.gumbel(size=z.shape), axis=1)
 
 
 @dataclass

@@ -100,6 +100,14 @@ def train_fps(config: Config, warmup: float, seconds: float) -> float:
         shutil.rmtree(runs, ignore_errors=True)
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+    machine = {"cpus": os.cpu_count(), "processor": cpu_model(),
                "python": sys.version.split()[0], "torch": torch.__version__}
     output.write_text(json.dumps({"machine": machine, "records": records}, indent=2) + "\n")
     print(f"wrote {output}")

@@ -81,8 +81,10 @@ def test_conv_model_shapes(body, size, lstm):
 
 def test_seed_body_matches_the_tutorial_network():
     model = build_model(Config(), (4, 42, 42), 14)
-    linears = [m for m in model.body if isinstance(m, torch.nn.Linear)]
-    assert (linears[0].in_features, linears[0].out_features) == (512, 128)  # the seed's fc 512->128
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in model.convs] == [
+        (4, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (2, 2))]
+    (fc,) = model.hidden
+    assert (fc.in_features, fc.out_features) == (512, 128)  # the seed's fc 512->128
 
 
 def test_unroll_equals_step_by_step_forward_with_resets():

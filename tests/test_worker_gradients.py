@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,13 @@ import torch.nn.functional as F
 from a3c.config import Config
 from a3c.model import build_model
 from a3c.shared import SharedTraining
-from a3c.worker import Rollout, Worker, returns_and_advantages, seed_stream
+from a3c.worker import (
+    Rollout,
+    Worker,
+    returns_and_advantages,
+    sample_actions,
+    seed_stream,
+)
 
 
 class RecordingOptimizer:
@@ -103,3 +110,10 @@ def test_update_changes_the_shared_weights_by_one_adam_step_of_that_gradient():
     adam.step()
     torch.testing.assert_close(shared.params, adam.param_groups[0]["params"][0].detach(),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_sampled_actions_follow_the_softmax():
+    logits = torch.tensor([[2.0, 0.0, -1.0, 1.0]]).repeat(50_000, 1)
+    actions = sample_actions(logits, np.random.default_rng(0))
+    frequencies = np.bincount(actions, minlength=4) / len(actions)
+    np.testing.assert_allclose(frequencies, torch.softmax(logits[0], 0).numpy(), atol=0.01)
