@@ -2,8 +2,7 @@
 
 The Atari path does what Gymnasium's AtariPreprocessing + FrameStack do (no-op starts, frame skip
 with max-pooling over the last two frames, grey, resize, frame stack) but stays in uint8 with
-preallocated buffers and one resize per step, because the wrappers' copies cost about half the
-emulator's speed.
+preallocated buffers, because the wrappers' copies cost about half the emulator's speed.
 """
 
 from __future__ import annotations
@@ -70,11 +69,12 @@ class AtariEnv(gym.Env):
         # Max over the last two emulator frames removes Atari sprite flicker.
         np.maximum(self._screens[0], self._screens[1], out=self._screens[0])
         self._stack[:-1] = self._stack[1:]
-        # Area averaging in two stages: an exact 2x2 box (OpenCV's fast path), then area to the
-        # final size. About 3x cheaper than one INTER_AREA resize from 210x160 (44 vs 17 us).
+        # An exact 2x2 box average (OpenCV's fast path), then bilinear to the final size: 6 us
+        # against 44 for one INTER_AREA resize from 210x160, and still smoother than the bilinear
+        # resize of the full frame that DQN used.
         cv2.resize(self._screens[0], self._half.shape[::-1], dst=self._half, interpolation=cv2.INTER_AREA)
         cv2.resize(self._half, (self.screen_size, self.screen_size), dst=self._stack[-1],
-                   interpolation=cv2.INTER_AREA)
+                   interpolation=cv2.INTER_LINEAR)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
