@@ -1,0 +1,87 @@
+"""Micro-benchmark of a worker's compute per agent step, one thread, no environment:
+
+    python scripts/bench_update.py [--envs 1 8] [--repeats 30]
+
+For each number of environments per worker B it times, per rollout of t_max=20 steps:
+  acting only     - 20 no-grad forward passes on B frames (what choosing actions costs)
+  recompute       - those 20 no-grad passes, then one batched forward + backward over 20*B frames
+  keep graph      - 20 forward passes with autograd on, then one backward through the 20 graphs
+  adam step       - one SharedAdam step on the flat parameter vector
+The worker uses `recompute` for B = 1 and `keep graph` for B > 1, the faster of the two here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch
+
+from a3c.config import Config
+from a3c.model import bind_flat_parameters, build_model
+from a3c.shared_optim import SharedAdam
+
+T = 20
+
+
+def per_rollout_ms(run, repeats: int) -> float:
+    for _ in range(3):
+        run()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def measure(model, optimizer: SharedAdam, batch: int, repeats: int) -> list[float]:
+    """Milliseconds per agent step (of B environments) of each variant."""
+    obs = torch.randint(0, 256, (T, batch, 4, 42, 42), dtype=torch.uint8)
+    starts = torch.zeros(T, batch, dtype=torch.bool)
+    grad = torch.randn_like(optimizer.params[0])
+
+    def acting() -> None:
+        with torch.no_grad():
+            state = model.initial_state(batch)
+            for t in range(T):
+                _, _, state = model(obs[t], state)
+
+    def recompute() -> None:
+        acting()
+        logits, values = model.unroll(obs, model.initial_state(batch), starts)
+        (logits.sum() + values.sum()).backward()
+
+    def keep_graph() -> None:
+        state, total = model.initial_state(batch), 0
+        for t in range(T):
+            logits, values, state = model(obs[t].clone(), state)
+            total = total + logits.sum() + values.sum()
+        total.backward()
+
+    def adam() -> None:  # once per rollout
+        optimizer.step([grad])
+
+    return [per_rollout_ms(run, repeats) / T for run in (acting, recompute, keep_graph, adam)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--lstm", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model(Config(lstm=args.lstm), (4, 42, 42), 14)
+    optimizer = SharedAdam([bind_flat_parameters(model).share_memory_()])
+    print(f"{'envs':>4} {'acting only':>12} {'recompute':>10} {'keep graph':>11} {'adam step':>10}"
+          "   (ms per agent step of all B environments)")
+    for batch in args.envs:
+        acting, recompute, keep, adam = measure(model, optimizer, batch, args.repeats)
+        print(f"{batch:>4} {acting:>12.3f} {recompute:>10.3f} {keep:>11.3f} {adam:>10.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
