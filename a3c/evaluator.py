@@ -170,7 +170,7 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
 
     try:
         last_time, last_frames = time.time(), shared.total_frames()
-        while not shared.wait_flag(STOP, timeout=min(config.eval_interval, 1.0)):
+        while not shared.wait_flag(STOP, timeout=min(config.eval_interval, 0.2)):
             if os.getppid() != parent_pid:
                 return
             due_by_frames = (config.eval_every_frames is not None

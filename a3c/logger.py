@@ -97,8 +97,9 @@ class RunLogger:
         evaluation = (f"{self.last_eval['mean_reward']:.1f} ± {self.last_eval['std_reward']:.1f}"
                       if self.last_eval else "-")
         if self.bar is not None:
-            self.bar.update(frames - self.bar_frames)
-            self.bar_frames = frames
+            shown = min(frames, self.config.total_frames)  # past the total tqdm drops its bar
+            self.bar.update(shown - self.bar_frames)
+            self.bar_frames = shown
             self.bar.set_postfix_str(f"{fps:,.0f} fps, ep {episodes:,}, return "
                                      f"{'-' if recent is None else f'{recent:.1f}'}, eval {evaluation}",
                                      refresh=True)

@@ -41,13 +41,16 @@ def test_several_workers_update_the_shared_model(tmp_path):
 
 
 def test_cartpole_learns_well_above_random(tmp_path):
-    # A random policy scores about 22. Two workers, a fixed budget; the bar leaves a wide margin.
-    config = Config(env_id="CartPole-v1", workers=2, total_frames=150_000, lr=1e-3, seed=1,
-                    eval_interval=5, eval_episodes=5, runs_dir=str(tmp_path), run_name="cartpole")
+    # A random policy scores about 22. Five runs of this configuration all passed 150 by 164k frames
+    # and reached 500 (scripts/bench_learning.py); the bar of 200 at 300k leaves a wide margin.
+    config = Config(env_id="CartPole-v1", workers=2, total_frames=300_000, lr=1e-3, seed=1,
+                    eval_interval=600, eval_every_frames=25_000, eval_episodes=5,
+                    runs_dir=str(tmp_path), run_name="cartpole")
     assert Trainer(config).run() == 0
     evaluations = _rows(tmp_path / "cartpole" / "evaluations.csv")
+    assert len(evaluations) >= 3  # the 600 s interval never fired: frames triggered these
     best = max(float(r["mean_reward"]) for r in evaluations)
-    assert best >= 150, f"best evaluation {best}"
+    assert best >= 200, f"best evaluation {best}"
     checkpoint = load_checkpoint(tmp_path / "cartpole" / "checkpoints" / "best.pt")
     assert checkpoint["score"]["mean_reward"] == best
 

@@ -117,3 +117,17 @@ def test_sampled_actions_follow_the_softmax():
     actions = sample_actions(logits, np.random.default_rng(0))
     frequencies = np.bincount(actions, minlength=4) / len(actions)
     np.testing.assert_allclose(frequencies, torch.softmax(logits[0], 0).numpy(), atol=0.01)
+
+
+def test_learning_rate_anneals_linearly_to_zero_over_the_budget():
+    config = Config(env_id="CartPole-v1", workers=2, total_frames=1000, lr=1e-3, lr_anneal=True)
+    shared = SharedTraining.create(build_model(config, (4,), 2), config)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    assert worker.learning_rate() == pytest.approx(1e-3)
+    shared.frames[0], shared.frames[1] = 150, 100  # a quarter of the budget, from both workers
+    assert worker.learning_rate() == pytest.approx(0.75e-3)
+    shared.frames[1] = 2000
+    assert worker.learning_rate() == 0.0
+    worker.config = Config(env_id="CartPole-v1", workers=2, total_frames=1000, lr=1e-3)
+    assert worker.learning_rate() == pytest.approx(1e-3)  # constant without the option
+    worker.close()
