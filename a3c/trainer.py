@@ -139,16 +139,19 @@ class Trainer:
 
     # -- messages ----------------------------------------------------------------------------
     def _drain(self, timeout: float) -> None:
-        by_conn = {c.conn: c for c in self.children if not c.conn.closed}
-        if not by_conn:
+        conns = [c.conn for c in self.children if not c.conn.closed]
+        if not conns:
             time.sleep(timeout)  # nothing to read: this is the monitor's idle tick
             return
-        for conn in wait(list(by_conn), timeout):
-            try:
-                while conn.poll():
-                    self._handle(conn.recv())
-            except (EOFError, OSError):
-                conn.close()
+        for conn in wait(conns, timeout):
+            self._read_all(conn)
+
+    def _read_all(self, conn: Connection) -> None:
+        try:
+            while not conn.closed and conn.poll():
+                self._handle(conn.recv())
+        except (EOFError, OSError):  # the other end has gone
+            conn.close()
 
     def _handle(self, message: tuple) -> None:
         kind = message[0]
@@ -184,6 +187,7 @@ class Trainer:
             if child.role == "worker" and code == 0 and self.shared.budget_reached(self.config):
                 continue  # finished its share of the budget
             self.children.remove(child)
+            self._read_all(child.conn)  # what it sent before it died still counts
             child.conn.close()
             child.process.join()
             now = time.time()

@@ -183,8 +183,9 @@ class Worker:
             return float(np.sign(reward))
         return reward * self.reward_scale
 
-    def collect(self, stop_early: bool = True) -> Rollout:
-        """Play up to t_max steps with the local weights, sampling from the policy."""
+    def collect(self) -> Rollout:
+        """Play up to t_max steps with the local weights, sampling from the policy; fewer when the
+        stop flag is raised, so that shutdown never waits for a whole rollout."""
         rollout = self.rollout
         if self.state is not None:  # truncated backpropagation: no gradient into earlier rollouts
             self.state = (self.state[0].detach(), self.state[1].detach())
@@ -192,10 +193,10 @@ class Worker:
         rollout.graph_logits = [] if self.keep_graph else None
         rollout.graph_values = [] if self.keep_graph else None
         with torch.set_grad_enabled(self.keep_graph):
-            self._play(rollout, stop_early)
+            self._play(rollout)
         return rollout.view()
 
-    def _play(self, rollout: Rollout, stop_early: bool) -> None:
+    def _play(self, rollout: Rollout) -> None:
         model = self.model
         rollout.next_values.zero_()
         # Scalars go through numpy views of the rollout tensors: far cheaper than tensor indexing.
@@ -236,7 +237,7 @@ class Worker:
                         self.state = (self.state[0] * keep, self.state[1] * keep)
                 self.obs[b] = torch.from_numpy(obs)
             steps = t + 1
-            if stop_early and self.shared.stop_requested():
+            if self.shared.stop_requested():
                 break
         rollout.steps = steps
         # Bootstrap every non-final step from the next state's value, the last from V(s_T).
