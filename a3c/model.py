@@ -74,7 +74,7 @@ class ActorCritic(nn.Module):
 
     def _convolve(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
-            x = F.relu(F.conv2d(x, conv.weight, conv.bias, conv.stride))
+            x = F.relu(F.conv2d(x, conv.weight, conv.bias, conv.stride), inplace=True)
         return x.flatten(1)
 
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
