@@ -177,7 +177,7 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
                              and shared.total_frames() - last_frames >= config.eval_every_frames)
             if due_by_frames or time.time() - last_time >= config.eval_interval:
                 last_time, last_frames = time.time(), shared.total_frames()
-                evaluate_and_checkpoint(True, shared.stop_requested)
+                evaluate_and_checkpoint(True, lambda: shared.stop_requested() or os.getppid() != parent_pid)
         # The final checkpoint waits until every worker has made its last update. After a
         # signal it is written at once, without the (possibly long) final evaluation.
         while not shared.wait_flag(WORKERS_DONE, timeout=1.0):
