@@ -8,6 +8,7 @@ import re
 import signal
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -157,3 +158,18 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_pa
     payload = load_checkpoint(path)
     assert payload["frames"] == 1 and torch.equal(payload["model"]["w"], torch.arange(1000.0))
     assert [p.name for p in Path(tmp_path).iterdir()] == ["latest.pt"]  # no temporary left over
+
+
+def test_children_exit_when_the_parent_is_killed(train_process):
+    run = train_process("--total-frames", "100000000", "--eval-interval", "600")
+    run.wait_for(r"frames ([1-9][\d,]*)/")
+    children = [p for p in run.pids if p != run.process.pid]
+    assert len(children) == 3  # two workers and the evaluator
+    run.process.kill()
+    run.process.wait(timeout=30)
+    for pid in children:
+        try:
+            psutil.Process(pid).wait(timeout=30)  # they notice the parent is gone and exit
+        except psutil.NoSuchProcess:
+            pass
+    assert run.alive_pids() == []
