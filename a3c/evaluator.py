@@ -43,11 +43,6 @@ class Score:
         return cls(float(r.mean()), float(r.std()), float(r.min()), float(r.max()),
                    float(np.mean(lengths)), len(returns))
 
-    def __str__(self) -> str:
-        return (f"{self.mean_reward:.2f} ± {self.std_reward:.2f} over {self.n_episodes} episodes "
-                f"(min {self.min_reward:.2f}, max {self.max_reward:.2f}, "
-                f"mean length {self.mean_ep_length:.1f})")
-
 
 def resolve_device(name: str) -> torch.device:
     """cuda when asked (or auto) and present, else cpu. Only the evaluator calls this, so CUDA is

@@ -26,7 +26,6 @@ class SharedTraining:
     optimizer: SharedAdam
     frames: torch.Tensor           # int64 per worker slot: environment frames (with frame skip)
     episodes: torch.Tensor         # int64 per worker slot: finished episodes
-    skipped_updates: torch.Tensor  # int64 per worker slot: updates dropped for non-finite values
     flags: torch.Tensor            # uint8 [STOP, WORKERS_DONE, EVALUATE_AT_END]
     base_frames: int = 0           # frames and episodes done before a resume
     base_episodes: int = 0
@@ -40,7 +39,7 @@ class SharedTraining:
             return torch.zeros(config.workers, dtype=torch.int64).share_memory_()
 
         flags = torch.zeros(3, dtype=torch.uint8).share_memory_()
-        return cls(params, optimizer, counter(), counter(), counter(), flags)
+        return cls(params, optimizer, counter(), counter(), flags)
 
     def total_frames(self) -> int:
         return self.base_frames + int(self.frames.sum())

@@ -25,11 +25,6 @@ class SharedAdam:
         self.exp_avg_sqs = [torch.zeros_like(p).share_memory_() for p in self.params]
         self.steps = [torch.zeros((), dtype=torch.float32).share_memory_() for _ in self.params]
 
-    def share_memory(self) -> SharedAdam:
-        for tensor in (*self.params, *self.exp_avgs, *self.exp_avg_sqs, *self.steps):
-            tensor.share_memory_()
-        return self
-
     def tensors(self) -> list[torch.Tensor]:
         return [*self.exp_avgs, *self.exp_avg_sqs, *self.steps]
 

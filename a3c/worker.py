@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 import numpy as np
 import torch
@@ -296,7 +297,7 @@ def _mean_stats(stats: list[UpdateStats]) -> dict[str, float]:
 
 
 def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np.random.SeedSequence,
-               conn: object, parent_pid: int) -> None:
+               conn: Connection, parent_pid: int) -> None:
     """Process entry: train until the stop signal, the frame budget, or the parent's death."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
@@ -317,7 +318,6 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
                 conn.send(("episode", episode.worker, shared.total_frames(), episode.episode_return,
                            episode.length, episode.end_time))
             if not stats.applied:
-                shared.skipped_updates[worker_id] += 1
                 conn.send(("skipped", worker_id, stats.grad_norm))
             else:
                 recent.append(stats)
