@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -75,11 +76,12 @@ class Child:
 
 class Trainer:
     def __init__(self, config: Config, resume_payload: dict[str, Any] | None = None,
-                 run_dir: Path | None = None, evaluator: bool = True) -> None:
+                 run_dir: Path | None = None, evaluator: bool = True,
+                 on_tick: Callable[[float, int], None] | None = None) -> None:
         validate(config)
         self.config = config
         self.with_evaluator = evaluator
-        self.frame_samples: list[tuple[float, int]] = []  # (time, total frames) at every tick
+        self.on_tick = on_tick  # called with (time, total frames) at every tick: benchmarks
         self.obs_shape, self.n_actions = env_spaces(config)
         self.context = mp.get_context(START_METHOD)
         model = build_model(config, self.obs_shape, self.n_actions)
@@ -243,15 +245,16 @@ class Trainer:
             for slot in range(config.workers):
                 self._start_worker(slot)
             self._print("started " + ", ".join(self._describe(c) for c in self.children))
-            last_status, last_frames = time.time(), self.shared.total_frames()
+            start_frames = self.shared.total_frames()
+            last_status, last_frames = time.time(), start_frames
             while self.outcome is None:
                 self._drain(POLL_S)
                 self._replace_dead()
                 self._check_stop(start)
-                now = time.time()
-                self.frame_samples.append((now, self.shared.total_frames()))
+                now, frames = time.time(), self.shared.total_frames()
+                if self.on_tick is not None:
+                    self.on_tick(now, frames)
                 if now - last_status >= config.status_interval:
-                    frames = self.shared.total_frames()
                     fps = (frames - last_frames) / (now - last_status)
                     self.log.status(frames, self.shared.total_episodes(), fps, resident_memory())
                     last_status, last_frames = now, frames
@@ -261,7 +264,7 @@ class Trainer:
             # the final evaluation, so that it ends within seconds.
             self._shutdown(final_checkpoint=code != EXIT_FAILED, final_evaluation=code == EXIT_OK)
             frames, elapsed = self.shared.total_frames(), time.time() - start
-            self.log.status(frames, self.shared.total_episodes(), (frames - self.frame_samples[0][1]) / elapsed,
+            self.log.status(frames, self.shared.total_episodes(), (frames - start_frames) / elapsed,
                             resident_memory())
             self._print(f"done: {frames:,} frames in {elapsed:.1f} s; run directory {self.run_dir}")
             if code == EXIT_FAILED:

@@ -88,10 +88,10 @@ def train_fps(config: Config, warmup: float, seconds: float) -> float:
     try:
         config.runs_dir, config.time_limit = runs, warmup + seconds
         config.total_frames, config.status_interval = 10**12, 3600.0
-        trainer = Trainer(config, evaluator=False)
+        samples: list[tuple[float, int]] = []
+        trainer = Trainer(config, evaluator=False, on_tick=lambda now, frames: samples.append((now, frames)))
         with contextlib.redirect_stdout(io.StringIO()):  # the table is the output
             trainer.run()
-        samples = trainer.frame_samples
         t0 = samples[0][0] + warmup
         window = [(t, f) for t, f in samples if t >= t0]
         (t_start, f_start), (t_end, f_end) = window[0], window[-1]
