@@ -87,3 +87,19 @@ class TrainProcess:
             except psutil.NoSuchProcess:
                 pass
         self.process.wait(timeout=30)
+
+
+def write_checkpoint(path: Path, config, obs_shape: tuple[int, ...], n_actions: int,
+                     model_config=None) -> None:
+    """An untrained checkpoint for `config`; its model is built from `model_config` when given
+    (a checkpoint whose model does not fit its own configuration)."""
+    from a3c.checkpoint import save_checkpoint
+    from a3c.evaluator import checkpoint_payload
+    from a3c.model import build_model
+    from a3c.shared import SharedTraining
+
+    model_config = model_config or config
+    model = build_model(model_config, obs_shape, n_actions)
+    shared = SharedTraining.create(model, model_config)
+    save_checkpoint(path, checkpoint_payload(config, shared, model.state_dict(), obs_shape, n_actions,
+                                             100, 3, None, None))

@@ -8,12 +8,9 @@ import sys
 import pytest
 import torch
 
-from a3c.checkpoint import save_checkpoint
 from a3c.cli import main
 from a3c.config import Config
-from a3c.evaluator import checkpoint_payload
-from a3c.model import build_model
-from a3c.shared import SharedTraining
+from tests.helpers import write_checkpoint
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -59,20 +56,13 @@ def test_the_command_line_shows_no_traceback(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _write_checkpoint(path, config: Config) -> None:
-
-    model = build_model(config, (4,), 2)
-    shared = SharedTraining.create(model, config)
-    save_checkpoint(path, checkpoint_payload(config, shared, model.state_dict(), (4,), 2, 100, 3, None, None))
-
-
 @pytest.fixture
 def good_checkpoint(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     config = Config(env_id="CartPole-v1", runs_dir=str(tmp_path))
     config.save(str(run / "config.json"))
-    _write_checkpoint(run / "checkpoints" / "latest.pt", config)
+    write_checkpoint(run / "checkpoints" / "latest.pt", config, (4,), 2)
     return run
 
 
@@ -120,9 +110,6 @@ def test_a_checkpoint_whose_model_does_not_fit(tmp_path, capsys):
     config = Config(env_id="CartPole-v1")
     wrong = Config(env_id="CartPole-v1", mlp_hidden=16)
 
-    model = build_model(wrong, (4,), 2)
-    shared = SharedTraining.create(model, wrong)
-    payload = checkpoint_payload(config, shared, model.state_dict(), (4,), 2, 100, 3, None, None)
-    save_checkpoint(tmp_path / "odd.pt", payload)
+    write_checkpoint(tmp_path / "odd.pt", config, (4,), 2, model_config=wrong)
     code, err = run_cli(["eval", "--checkpoint", str(tmp_path / "odd.pt")], capsys)
     assert code == 2 and "does not fit its model" in err and len(err.splitlines()) == 1

@@ -10,13 +10,9 @@ import sys
 import cv2
 import pytest
 
-from a3c.checkpoint import save_checkpoint
 from a3c.cli import main
 from a3c.config import Config
-from a3c.evaluator import checkpoint_payload
-from a3c.model import build_model
-from a3c.shared import SharedTraining
-from tests.helpers import TrainProcess
+from tests.helpers import TrainProcess, write_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -45,13 +41,6 @@ def test_plot_writes_a_png_of_several_runs(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
-def _checkpoint(path, config: Config, obs_shape, n_actions) -> None:
-    model = build_model(config, obs_shape, n_actions)
-    shared = SharedTraining.create(model, config)
-    save_checkpoint(path, checkpoint_payload(config, shared, model.state_dict(), obs_shape, n_actions,
-                                             0, 0, None, None))
-
-
 @pytest.mark.parametrize("env_id,fps,frames_per_step", [("ALE/KungFuMaster-v5", 60, 4), ("CartPole-v1", 50, 1)])
 def test_eval_video_matches_the_episode(tmp_path, capsys, env_id, fps, frames_per_step):
     if not env_id.startswith("ALE/"):
@@ -60,7 +49,7 @@ def test_eval_video_matches_the_episode(tmp_path, capsys, env_id, fps, frames_pe
     config = Config(env_id=env_id, max_episode_frames=400)
     shape = (4, 42, 42) if config.is_atari else (4,)
     n_actions = 14 if config.is_atari else 2
-    _checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", config, shape, n_actions)
+    write_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", config, shape, n_actions)
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.pt"), "--episodes", "1",
                  "--video", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
