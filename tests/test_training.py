@@ -21,7 +21,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_several_workers_update_the_shared_model(tmp_path):
-    config = Config(env_id="CartPole-v1", workers=3, total_frames=3000, lr=1e-3, eval_interval=60,
+    # The budget (about 10 s here) outlasts the 2-3 s by which spawned workers can start apart on
+    # 2 cores; with 3,000 frames the first two once finished it before the third had begun.
+    config = Config(env_id="CartPole-v1", workers=3, total_frames=100_000, lr=1e-3, eval_interval=60,
                     eval_episodes=2, runs_dir=str(tmp_path), run_name="multi")
     trainer = Trainer(config)
     before = trainer.shared.params.clone()
