@@ -19,13 +19,15 @@ FLAG_POLL_S = 0.05
 
 @dataclass
 class SharedTraining:
-    """Handed to every child process at start. Each counter has one slot per worker, written by
-    that worker alone, so counting needs no lock; totals are sums over the slots."""
+    """Handed to every child process at start. The frame counter has one slot per worker, written
+    by that worker alone, so counting needs no lock; the total is the sum over the slots. Episodes
+    are counted by the parent as it logs them, so the count always equals the rows of
+    train_episodes.csv, even when a worker is killed between finishing an episode and reporting it."""
 
     params: torch.Tensor           # flat model weights, shared
     optimizer: SharedAdam
     frames: torch.Tensor           # int64 per worker slot: environment frames (with frame skip)
-    episodes: torch.Tensor         # int64 per worker slot: finished episodes
+    episodes: torch.Tensor         # int64, one element: episodes logged by the parent
     flags: torch.Tensor            # uint8 [STOP, WORKERS_DONE, EVALUATE_AT_END]
     base_frames: int = 0           # frames and episodes done before a resume
     base_episodes: int = 0
@@ -35,17 +37,20 @@ class SharedTraining:
         params = bind_flat_parameters(model).share_memory_()
         optimizer = SharedAdam([params], lr=config.lr, eps=config.adam_eps)
 
-        def counter() -> torch.Tensor:
-            return torch.zeros(config.workers, dtype=torch.int64).share_memory_()
-
+        frames = torch.zeros(config.workers, dtype=torch.int64).share_memory_()
+        episodes = torch.zeros(1, dtype=torch.int64).share_memory_()
         flags = torch.zeros(3, dtype=torch.uint8).share_memory_()
-        return cls(params, optimizer, counter(), counter(), flags)
+        return cls(params, optimizer, frames, episodes, flags)
 
     def total_frames(self) -> int:
         return self.base_frames + int(self.frames.sum())
 
     def total_episodes(self) -> int:
         return self.base_episodes + int(self.episodes.sum())
+
+    def count_episode(self) -> None:
+        """The parent only: one more episode logged."""
+        self.episodes += 1
 
     def budget_reached(self, config: Config) -> bool:
         return self.total_frames() >= config.total_frames

@@ -160,6 +160,7 @@ class Trainer:
         if kind == "episode":
             _, worker, frames, episode_return, length, end_time = message
             self.log.episode(frames, worker, episode_return, length, end_time)
+            self.shared.count_episode()
         elif kind == "train":
             self.log.train(message[1], message[3])
         elif kind == "eval":
@@ -289,6 +290,8 @@ class Trainer:
         workers = self._workers()
         self._wait_for(workers, WORKER_STOP_TIMEOUT_S)
         self._terminate(workers)
+        for worker in workers:  # the episodes they reported last count before the final checkpoint
+            self._read_all(worker.conn)
         evaluator = self._evaluator()
         if evaluator is not None:
             if final_checkpoint:

@@ -279,11 +279,10 @@ class Worker:
         return UpdateStats(float(policy_loss), float(value_loss), float(entropy), grad_norm, applied)
 
     def count(self, steps: int) -> list[EpisodeRecord]:
-        """Add this rollout's frames and episodes to this worker's own counter slots."""
-        slot = self.worker_id
-        self.shared.frames[slot] += steps * len(self.envs) * self.config.frames_per_step
+        """Add this rollout's frames to this worker's own counter slot; return the episodes it
+        finished, for the parent to log and count."""
+        self.shared.frames[self.worker_id] += steps * len(self.envs) * self.config.frames_per_step
         finished, self.finished = self.finished, []
-        self.shared.episodes[slot] += len(finished)
         return finished
 
     def close(self) -> None:

@@ -52,7 +52,7 @@ def test_killed_workers_and_evaluator_are_replaced_and_training_reaches_its_budg
     os.kill(evaluator, signal.SIGKILL)
     run.wait_for(rf"evaluator \(pid {evaluator}\) died with exit code -9")
     run.wait_for(r"replaced by evaluator \(pid \d+\)")
-    assert run.finish() == 0
+    assert run.finish() == 0, "\n".join(run.lines[-40:])
     assert any("reached 150,000 frames" in line for line in run.lines)
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")  # by the new evaluator
     assert checkpoint["frames"] >= 150000
