@@ -7,6 +7,7 @@ Mnih et al. 2016 / ikostrikov's pytorch-a3c (t_max 20, entropy 0.01, frame skip 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -59,6 +60,10 @@ class Config:
         "mlp (vector observations); auto picks seed for Atari, mlp otherwise"))
     lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
     mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
+    precision: str = field(default="auto", metadata=_help(
+        "number format of each update's batched forward and backward pass: float32, or bfloat16 "
+        "(autocast, float32 weights and gradients; acting stays float32); auto picks bfloat16 for "
+        "conv bodies on CPUs with native bfloat16 (AVX-512 BF16 or AMX), float32 otherwise"))
 
     # Algorithm.
     lr: float = field(default=1e-4, metadata=_help("Adam learning rate"))
@@ -127,6 +132,26 @@ class Config:
             return self.body
         return "seed" if self.is_atari else "mlp"
 
+    @property
+    def learner_precision(self) -> str:
+        """`precision` resolved on this machine: float32 or bfloat16."""
+        if self.precision != "auto":
+            return self.precision
+        # Only convolutions gain (measured 1.6x per update, README); an MLP's update is all overhead.
+        return "bfloat16" if self.model_body != "mlp" and cpu_has_native_bfloat16() else "float32"
+
+
+@functools.cache
+def cpu_has_native_bfloat16() -> bool:
+    """AVX-512 BF16 or AMX-BF16 among the CPU's flags (Linux); elsewhere assume not: emulated
+    bfloat16 is slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
 
 def _positive(name: str, value: float) -> None:
     if not value > 0:
@@ -160,6 +185,8 @@ def validate(config: Config) -> None:
         _positive("reward_scale", config.reward_scale)
     if config.body not in ("auto", "seed", "nature", "mlp"):
         raise ConfigError(f"body must be one of auto, seed, nature, mlp; got {config.body!r}")
+    if config.precision not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"precision must be auto, float32 or bfloat16; got {config.precision!r}")
     if config.eval_device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"eval_device must be auto, cuda or cpu; got {config.eval_device!r}")
     if config.is_atari and config.model_body == "mlp":

@@ -84,7 +84,8 @@ class ActorCritic(nn.Module):
                 x = torch.tanh(F.linear(x, layer.weight, layer.bias))
             return x
         # channels_last input takes oneDNN's convolutions on CPU: measured 15-20% faster here.
-        x = self._convolve(obs.contiguous(memory_format=torch.channels_last).float() / 255.0)
+        # uint8 times a float is float32: the conversion and the scaling in one op.
+        x = self._convolve(obs.contiguous(memory_format=torch.channels_last) * (1.0 / 255.0))
         (fc,) = self.hidden
         return F.relu(F.linear(x, fc.weight, fc.bias))
 

@@ -59,10 +59,10 @@ class SharedTraining:
         self.flags[flag] = 1
 
     def flag(self, flag: int) -> bool:
-        return bool(self.flags[flag])
+        return bool(self.flags.numpy()[flag])  # a worker asks every step: numpy reads are cheapest
 
     def stop_requested(self) -> bool:
-        return bool(self.flags[STOP])
+        return self.flag(STOP)
 
     def wait_flag(self, flag: int, timeout: float) -> bool:
         """Wait up to `timeout` seconds for `flag`; True once it is set."""

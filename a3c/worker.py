@@ -58,11 +58,11 @@ def returns_and_advantages(rewards: torch.Tensor, values: torch.Tensor, next_val
     return torch.from_numpy(returns), torch.from_numpy(advantages)
 
 
-def sample_actions(logits: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
-    """One action per row of `logits`, drawn from softmax(logits) with the Gumbel-max trick (exact;
-    a few microseconds, against about 30 for torch.multinomial on one row)."""
-    z = logits.numpy()
-    return np.argmax(z + rng.gumbel(size=z.shape), axis=1)
+def sample_actions(logits: torch.Tensor, gumbel_noise: np.ndarray) -> np.ndarray:
+    """One action per row of `logits`, drawn from softmax(logits) with the Gumbel-max trick: exact,
+    given standard Gumbel noise of the logits' shape (a worker draws a whole rollout's at once), and
+    a few microseconds against about 30 for torch.multinomial on one row."""
+    return np.argmax(logits.numpy() + gumbel_noise, axis=1)
 
 
 @dataclass
@@ -120,16 +120,18 @@ def a3c_loss(model: ActorCritic, rollout: Rollout, config: Config
              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs.
 
-    With one environment the rollout's forward pass is recomputed in one batched pass from the
-    stored observations (the local weights did not change during the rollout); with several,
-    the acting pass's own graph is used. Each is the faster for its case (README, Performance).
+    The rollout's forward pass is either recomputed in one batched pass from the stored
+    observations (the local weights did not change during the rollout), in bfloat16 where the
+    configuration says so, or taken from the acting pass's own graph (Worker.keep_graph).
     """
     if rollout.graph_logits is not None:
         logits, values = torch.stack(rollout.graph_logits), torch.stack(rollout.graph_values)
     else:
         episode_starts = torch.zeros_like(rollout.ended)
         episode_starts[1:] = rollout.ended[:-1]
-        logits, values = model.unroll(rollout.obs, rollout.initial_state, episode_starts)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.learner_precision == "bfloat16"):
+            logits, values = model.unroll(rollout.obs, rollout.initial_state, episode_starts)
+        logits, values = logits.float(), values.float()  # the loss itself in float32
     returns, advantages = returns_and_advantages(
         rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.ended,
         config.gamma, config.gae_lambda)
@@ -161,7 +163,8 @@ class Worker:
         self.rng = np.random.default_rng(int(sampling_seed))
         self.envs = [make_env(config, seed=int(env_seed) + i) for i in range(config.envs_per_worker)]
         obs_shape = tuple(self.envs[0].observation_space.shape)
-        self.model = build_model(config, obs_shape, int(self.envs[0].action_space.n))
+        self.n_actions = int(self.envs[0].action_space.n)
+        self.model = build_model(config, obs_shape, self.n_actions)
         self.local_params = bind_flat_parameters(self.model)
         self.grad = bind_flat_gradients(self.model)
         first = [env.reset(seed=int(env_seed) + i)[0] for i, env in enumerate(self.envs)]
@@ -172,9 +175,10 @@ class Worker:
         self.episode_lengths = [0] * len(self.envs)
         self.finished: list[EpisodeRecord] = []
         self.reward_scale = config.training_reward_scale
-        # Measured (README, Performance): for one env a no-grad acting pass plus one batched
-        # recomputation is faster; for several, keeping the acting graph is.
-        self.keep_graph = config.envs_per_worker > 1
+        # Measured (README, Benchmarks): a no-grad acting pass plus one batched recomputation is
+        # faster for one env, and for several in bfloat16; keeping the acting graph is faster for
+        # several in float32.
+        self.keep_graph = config.envs_per_worker > 1 and config.learner_precision == "float32"
 
     def sync_weights(self) -> None:
         self.local_params.copy_(self.shared.params)
@@ -200,13 +204,15 @@ class Worker:
     def _play(self, rollout: Rollout) -> None:
         model = self.model
         rollout.next_values.zero_()
-        # Scalars go through numpy views of the rollout tensors: far cheaper than tensor indexing.
+        # Per-step writes go through numpy views of the tensors: far cheaper than tensor indexing.
+        obs_np, rollout_obs_np = self.obs.numpy(), rollout.obs.numpy()
         actions_np, values_np = rollout.actions.numpy(), rollout.values.numpy()
         rewards_np, terminated_np = rollout.rewards.numpy(), rollout.terminated.numpy()
         ended_np, next_values_np = rollout.ended.numpy(), rollout.next_values.numpy()
+        gumbel_noise = self.rng.gumbel(size=(self.config.t_max, len(self.envs), self.n_actions))
         steps = 0
         for t in range(self.config.t_max):
-            rollout.obs[t].copy_(self.obs)
+            rollout_obs_np[t] = obs_np
             # A kept graph may save its input, so it gets a tensor of its own (writes to self.obs or
             # to any step of the rollout buffer would bump the saved tensor's version).
             step_obs = self.obs.clone() if self.keep_graph else self.obs
@@ -215,7 +221,7 @@ class Worker:
                 rollout.graph_logits.append(logits)
                 rollout.graph_values.append(value)
                 logits, value = logits.detach(), value.detach()
-            actions = sample_actions(logits, self.rng)
+            actions = sample_actions(logits, gumbel_noise[t])
             actions_np[t] = actions
             values_np[t] = value.numpy()
             for b, env in enumerate(self.envs):
@@ -236,7 +242,7 @@ class Worker:
                         keep = torch.ones(len(self.envs), 1)
                         keep[b] = 0.0
                         self.state = (self.state[0] * keep, self.state[1] * keep)
-                self.obs[b] = torch.from_numpy(obs)
+                obs_np[b] = obs
             steps = t + 1
             if self.shared.stop_requested():
                 break

@@ -116,28 +116,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds left out at the start")
     parser.add_argument("--env-id", default="ALE/KungFuMaster-v5")
     parser.add_argument("--lstm", action="store_true")
+    parser.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"],
+                        help="precision of the update's forward and backward pass (default: auto)")
     parser.add_argument("--output", default="benchmarks/latest.json")
     args = parser.parse_args(argv)
 
     base = Config(env_id=args.env_id, lstm=args.lstm)
     records = []
-    header = f"{'workers':>7} {'envs/worker':>11} {'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}"
+    header = f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}"
     print(header, flush=True)
     for workers in args.workers:
         env_fps = env_only_fps(base, workers, False, args.warmup, args.seconds)
         raw_fps = env_only_fps(base, workers, True, args.warmup, args.seconds) if base.is_atari else None
-        for envs in args.envs_per_worker:
-            config = Config(env_id=args.env_id, lstm=args.lstm, workers=workers, envs_per_worker=envs)
+        for envs, precision in [(e, p) for e in args.envs_per_worker for p in args.precision]:
+            config = Config(env_id=args.env_id, lstm=args.lstm, workers=workers, envs_per_worker=envs,
+                            precision=precision)
             fps = train_fps(config, args.warmup, args.seconds)
-            record = {"workers": workers, "envs_per_worker": envs, "train_fps": round(fps, 1),
+            record = {"workers": workers, "envs_per_worker": envs, "precision": config.learner_precision,
+                      "train_fps": round(fps, 1),
                       "env_only_fps": round(env_fps, 1), "ratio": round(fps / env_fps, 3),
                       "raw_emulator_fps": None if raw_fps is None else round(raw_fps, 1),
                       "env_vs_raw": None if raw_fps is None else round(env_fps / raw_fps, 3),
                       "env_id": args.env_id, "lstm": args.lstm, "seconds": args.seconds}
             records.append(record)
             raw_text = "-" if raw_fps is None else f"{raw_fps:,.0f}"
-            print(f"{workers:>7} {envs:>11} {fps:>10,.0f} {env_fps:>12,.0f} {fps / env_fps:>6.2f} {raw_text:>11}",
-                  flush=True)
+            print(f"{workers:>7} {envs:>11} {config.learner_precision:>9} {fps:>10,.0f} {env_fps:>12,.0f} "
+                  f"{fps / env_fps:>6.2f} {raw_text:>11}", flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "processor": cpu_model(),
