@@ -16,6 +16,7 @@ ENVS_PER_WORKER ?=
 SCREEN ?=
 BODY ?=
 LSTM ?=
+PRECISION ?=
 LR ?=
 SEED ?=
 RUNS_DIR ?= runs
@@ -35,12 +36,13 @@ OUTPUT ?=
 BENCH_WORKERS ?= 1 2
 BENCH_ENVS ?= 1 8
 BENCH_SECONDS ?= 60
+BENCH_PRECISION ?= auto
 
 opt = $(if $(2),$(1) $(2))
 TRAIN_FLAGS = $(call opt,--workers,$(WORKERS)) $(call opt,--env-id,$(ENV)) \
 	$(call opt,--total-frames,$(FRAMES)) $(call opt,--time-limit,$(TIME_LIMIT)) \
 	$(call opt,--envs-per-worker,$(ENVS_PER_WORKER)) $(call opt,--screen-size,$(SCREEN)) \
-	$(call opt,--body,$(BODY)) $(if $(filter 1 yes true,$(LSTM)),--lstm) \
+	$(call opt,--body,$(BODY)) $(if $(filter 1 yes true,$(LSTM)),--lstm) $(call opt,--precision,$(PRECISION)) \
 	$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) --runs-dir $(RUNS_DIR) \
 	$(call opt,--run-name,$(RUN_NAME)) $(call opt,--resume,$(RESUME)) \
 	$(call opt,--config,$(CONFIG)) $(call opt,--eval-device,$(EVAL_DEVICE)) $(ARGS)
@@ -82,7 +84,7 @@ lint: $(VENV)/.test-installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench.py --workers $(BENCH_WORKERS) --envs-per-worker $(BENCH_ENVS) \
-		--seconds $(BENCH_SECONDS) $(ARGS)
+		--seconds $(BENCH_SECONDS) --precision $(BENCH_PRECISION) $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

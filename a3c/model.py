@@ -84,8 +84,10 @@ class ActorCritic(nn.Module):
                 x = torch.tanh(F.linear(x, layer.weight, layer.bias))
             return x
         # channels_last input takes oneDNN's convolutions on CPU: measured 15-20% faster here.
-        # uint8 times a float is float32: the conversion and the scaling in one op.
-        x = self._convolve(obs.contiguous(memory_format=torch.channels_last) * (1.0 / 255.0))
+        # Workers store frames channels-last already (the conversion is then free); the copy to
+        # float32 then an in-place scaling is half the time of a mixed uint8-by-float multiply.
+        x = obs.contiguous(memory_format=torch.channels_last)
+        x = self._convolve(x.to(torch.float32, copy=True).mul_(1.0 / 255.0))
         (fc,) = self.hidden
         return F.relu(F.linear(x, fc.weight, fc.bias))
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,33 @@ def sample_actions(logits: torch.Tensor, gumbel_noise: np.ndarray) -> np.ndarray
     return np.argmax(logits.numpy() + gumbel_noise, axis=1)
 
 
+def observation_buffer(leading: tuple[int, ...], obs_shape: tuple[int, ...], dtype: np.dtype
+                       ) -> tuple[torch.Tensor, np.ndarray]:
+    """A zeroed tensor of shape leading + obs_shape, and the numpy array to write it through.
+
+    Image observations (C, H, W) are stored channels-last (H, W, C in memory), the layout oneDNN's
+    convolutions take: a rollout's frames then reach the network with no layout conversion
+    (converting 160 uint8 frames took 0.63 ms, README Performance).
+    """
+    if len(obs_shape) != 3:
+        tensor = torch.from_numpy(np.zeros((*leading, *obs_shape), dtype))
+        return tensor, tensor.numpy()
+    channels, height, width = obs_shape
+    storage = np.zeros((*leading, height, width, channels), dtype)
+    n = len(leading)
+    return torch.from_numpy(storage).permute(*range(n), n + 2, n, n + 1), storage
+
+
+def write_observation(slot: np.ndarray, obs: np.ndarray) -> None:
+    """Store one environment observation into its `observation_buffer` slot."""
+    if obs.ndim == 3:
+        # (C, H, W) to (H, W, C): 2.4 us for 4x42x42, against 7 for numpy's strided copy. cv2
+        # writes into `slot` in place because its shape and type fit (tests check the result).
+        cv2.merge(tuple(obs), slot)
+    else:
+        slot[...] = obs
+
+
 @dataclass
 class Rollout:
     """t_max steps of B environments, stored as (T, B, ...) tensors."""
@@ -84,12 +112,12 @@ class Rollout:
     graph_values: list[torch.Tensor] | None = None
 
     @classmethod
-    def allocate(cls, steps: int, batch: int, obs_shape: tuple[int, ...], obs_dtype: torch.dtype) -> Rollout:
+    def allocate(cls, obs: torch.Tensor) -> Rollout:
+        """Buffers for the (T, B) observation tensor `obs`, allocated by the caller."""
         def zeros(dtype: torch.dtype = torch.float32) -> torch.Tensor:
-            return torch.zeros(steps, batch, dtype=dtype)
+            return torch.zeros(obs.shape[:2], dtype=dtype)
 
-        return cls(torch.zeros(steps, batch, *obs_shape, dtype=obs_dtype), zeros(torch.int64), zeros(),
-                   zeros(), zeros(), zeros(torch.bool), zeros(torch.bool))
+        return cls(obs, zeros(torch.int64), zeros(), zeros(), zeros(), zeros(torch.bool), zeros(torch.bool))
 
     def view(self) -> Rollout:
         """The first `steps` steps (a rollout cut short by the stop signal is shorter)."""
@@ -168,9 +196,14 @@ class Worker:
         self.local_params = bind_flat_parameters(self.model)
         self.grad = bind_flat_gradients(self.model)
         first = [env.reset(seed=int(env_seed) + i)[0] for i, env in enumerate(self.envs)]
-        self.obs = torch.from_numpy(np.stack(first))
+        # The current observations, and the rollout's; each written through its numpy storage.
+        self.obs, self.obs_storage = observation_buffer((len(self.envs),), obs_shape, first[0].dtype)
+        for slot, obs in zip(self.obs_storage, first):
+            write_observation(slot, obs)
+        rollout_obs, self.rollout_obs_storage = observation_buffer((config.t_max, len(self.envs)), obs_shape,
+                                                                   first[0].dtype)
         self.state = self.model.initial_state(len(self.envs))
-        self.rollout = Rollout.allocate(config.t_max, len(self.envs), obs_shape, self.obs.dtype)
+        self.rollout = Rollout.allocate(rollout_obs)
         self.episode_returns = [0.0] * len(self.envs)
         self.episode_lengths = [0] * len(self.envs)
         self.finished: list[EpisodeRecord] = []
@@ -205,14 +238,14 @@ class Worker:
         model = self.model
         rollout.next_values.zero_()
         # Per-step writes go through numpy views of the tensors: far cheaper than tensor indexing.
-        obs_np, rollout_obs_np = self.obs.numpy(), rollout.obs.numpy()
+        obs_storage, rollout_obs_storage = self.obs_storage, self.rollout_obs_storage
         actions_np, values_np = rollout.actions.numpy(), rollout.values.numpy()
         rewards_np, terminated_np = rollout.rewards.numpy(), rollout.terminated.numpy()
         ended_np, next_values_np = rollout.ended.numpy(), rollout.next_values.numpy()
         gumbel_noise = self.rng.gumbel(size=(self.config.t_max, len(self.envs), self.n_actions))
         steps = 0
         for t in range(self.config.t_max):
-            rollout_obs_np[t] = obs_np
+            rollout_obs_storage[t] = obs_storage
             # A kept graph may save its input, so it gets a tensor of its own (writes to self.obs or
             # to any step of the rollout buffer would bump the saved tensor's version).
             step_obs = self.obs.clone() if self.keep_graph else self.obs
@@ -242,7 +275,7 @@ class Worker:
                         keep = torch.ones(len(self.envs), 1)
                         keep[b] = 0.0
                         self.state = (self.state[0] * keep, self.state[1] * keep)
-                obs_np[b] = obs
+                write_observation(obs_storage[b], obs)
             steps = t + 1
             if self.shared.stop_requested():
                 break

@@ -20,11 +20,13 @@ import time
 
 os.environ["OMP_NUM_THREADS"] = "1"
 
+import numpy as np
 import torch
 
 from a3c.config import Config
 from a3c.model import bind_flat_parameters, build_model
 from a3c.shared_optim import SharedAdam
+from a3c.worker import observation_buffer
 
 T = 20
 
@@ -40,7 +42,8 @@ def per_rollout_ms(run, repeats: int) -> float:
 
 def measure(model, optimizer: SharedAdam, batch: int, repeats: int) -> list[float]:
     """Milliseconds per agent step (of B environments) of each variant."""
-    obs = torch.randint(0, 256, (T, batch, 4, 42, 42), dtype=torch.uint8)
+    obs, storage = observation_buffer((T, batch), (4, 42, 42), np.uint8)  # laid out as a worker's
+    storage[...] = np.random.default_rng(0).integers(0, 256, storage.shape, dtype=np.uint8)
     starts = torch.zeros(T, batch, dtype=torch.bool)
     grad = torch.randn_like(optimizer.params[0])
 

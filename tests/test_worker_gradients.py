@@ -151,3 +151,33 @@ def test_learning_rate_anneals_linearly_to_zero_over_the_budget():
     worker.config = Config(env_id="CartPole-v1", workers=2, total_frames=1000, lr=1e-3)
     assert worker.learning_rate() == pytest.approx(1e-3)  # constant without the option
     worker.close()
+
+
+@pytest.mark.parametrize("env_id,frame_stack", [("ALE/KungFuMaster-v5", 4), ("ALE/KungFuMaster-v5", 1),
+                                                ("CartPole-v1", 4)])
+def test_the_rollout_holds_exactly_the_observations_the_environments_returned(env_id, frame_stack):
+    # Image frames are stored channels-last through cv2: compare them with what each env returned.
+    config = Config(env_id=env_id, workers=1, envs_per_worker=2, t_max=6, frame_stack=frame_stack)
+    obs_shape, n_actions = env_spaces(config)
+    shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    returned: list[list[np.ndarray]] = [[] for _ in worker.envs]
+    for b, env in enumerate(worker.envs):
+        def recording_step(action, step=env.step, seen=returned[b]):
+            result = step(action)
+            seen.append(result[0].copy())
+            return result
+        env.step = recording_step
+    try:
+        first = worker.obs.clone()
+        rollout = worker.collect()
+        assert rollout.steps == 6 and not rollout.ended.any()
+        assert rollout.obs.shape == (6, 2, *obs_shape) and torch.equal(rollout.obs[0], first)
+        for b in range(2):
+            for t in range(5):
+                assert torch.equal(rollout.obs[t + 1, b], torch.from_numpy(returned[b][t]))
+            assert torch.equal(worker.obs[b], torch.from_numpy(returned[b][-1]))
+        if len(obs_shape) == 3:  # the batched pass needs no layout conversion
+            assert rollout.obs.reshape(12, *obs_shape).is_contiguous(memory_format=torch.channels_last)
+    finally:
+        worker.close()
