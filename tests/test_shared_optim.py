@@ -18,9 +18,9 @@ def _grads(step: int) -> list[torch.Tensor]:
 
 def test_matches_torch_adam_exactly():
     reference = [torch.nn.Parameter(p) for p in _params()]
-    torch_adam = torch.optim.Adam(reference, lr=1e-2, eps=1e-8)
     shared = [p.clone().share_memory_() for p in _params()]
     ours = SharedAdam(shared, lr=1e-2, eps=1e-8)
+    torch_adam = torch.optim.Adam(reference, lr=1e-2, eps=1e-8, fused=ours.fused)
     for step in range(6):
         grads = _grads(step)
         for p, g in zip(reference, grads):
