@@ -40,8 +40,11 @@ def main(argv: list[str] | None = None) -> None:
         try:
             config = Config.from_dict({**settings, "runs_dir": runs, "run_name": "run",
                                        "seed": settings.get("seed", 1) + repeat})
-            with contextlib.redirect_stdout(io.StringIO()):  # the table is the output
-                Trainer(config).run()
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output):  # the table is the output
+                code = Trainer(config).run()
+            if code != 0:
+                print("\n".join(output.getvalue().splitlines()[-5:]), flush=True)
             with open(Path(runs) / "run" / EVALUATIONS_CSV) as f:
                 rows = list(csv.DictReader(f))
         finally:
