@@ -137,7 +137,7 @@ class Config:
         """`precision` resolved on this machine: float32 or bfloat16."""
         if self.precision != "auto":
             return self.precision
-        # Only convolutions gain (measured 1.6x per update, README); an MLP's update is all overhead.
+        # Only convolutions gain (README, Performance); an MLP's update is all overhead.
         return "bfloat16" if self.model_body != "mlp" and cpu_has_native_bfloat16() else "float32"
 
 
