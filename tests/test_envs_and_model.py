@@ -109,3 +109,14 @@ def test_flat_parameters_are_views_of_one_tensor():
     flat = bind_flat_parameters(model)
     flat.zero_()
     assert all(float(p.detach().abs().sum()) == 0 for p in model.parameters())
+
+
+def test_auto_precision_is_bfloat16_only_for_conv_bodies_on_cpus_with_native_bfloat16(monkeypatch):
+    import a3c.config as config_module
+
+    for native in (True, False):
+        monkeypatch.setattr(config_module, "cpu_has_native_bfloat16", lambda native=native: native)
+        assert Config().learner_precision == ("bfloat16" if native else "float32")
+        assert Config(env_id="CartPole-v1").learner_precision == "float32"  # an MLP gains nothing
+        assert Config(precision="float32").learner_precision == "float32"
+        assert Config(env_id="CartPole-v1", precision="bfloat16").learner_precision == "bfloat16"
