@@ -225,9 +225,9 @@ class Trainer:
             self.outcome = (EXIT_OK, f"reached {self.config.total_frames:,} frames")
         elif self.config.time_limit is not None and time.time() - start >= self.config.time_limit:
             self.outcome = (EXIT_OK, f"reached the time limit of {self.config.time_limit:g} s")
-        elif not bool(torch.isfinite(self.shared.params).all()):
+        elif not self.shared.weights_are_finite():
             optimizer = self.shared.optimizer
-            counts = ", ".join(f"{name} {int((~torch.isfinite(t)).sum())}" for name, t in (
+            counts = ", ".join(f"{name} {int((~torch.isfinite(t.clone())).sum())}" for name, t in (
                 ("weights", self.shared.params), ("exp_avg", optimizer.exp_avgs[0]),
                 ("exp_avg_sq", optimizer.exp_avg_sqs[0])))
             self.outcome = (EXIT_FAILED, (f"the shared model became non-finite (non-finite values: {counts} of "

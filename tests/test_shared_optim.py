@@ -67,3 +67,41 @@ def test_step_in_child_process_is_visible_in_parent():
     assert all(not torch.equal(b, p) for b, p in zip(before, params))
     assert float(optimizer.steps[0]) == 1.0
     assert float(optimizer.exp_avg_sqs[0].abs().sum()) > 0
+
+
+def _step_until_stopped(shared, seed: int) -> None:
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(seed)
+    grad = torch.zeros_like(shared.params)
+    while not shared.stop_requested():
+        grad.normal_(generator=generator)
+        shared.optimizer.step([grad], lr=1e-3)
+
+
+def test_no_phantom_non_finite_weights_while_workers_step():
+    # The trainer stops a run whose shared weights are non-finite. Checked on the live tensor while
+    # processes stepped Adam, torch.isfinite (x == x) saw values change between its two reads and
+    # reported non-finite weights that never were: CI runs stopped with exit 1 for nothing.
+    from a3c.config import Config
+    from a3c.model import build_model
+    from a3c.shared import STOP, SharedTraining
+
+    config = Config(env_id="CartPole-v1", workers=2)
+    shared = SharedTraining.create(build_model(config, (4,), 2), config)
+    context = mp.get_context("spawn")
+    steppers = [context.Process(target=_step_until_stopped, args=(shared, seed)) for seed in range(2)]
+    for process in steppers:
+        process.start()
+    try:
+        while float(shared.optimizer.steps[0]) < 1000:  # both have started stepping by now, or soon
+            assert all(p.is_alive() for p in steppers)
+        steps_before = float(shared.optimizer.steps[0])
+        phantom = sum(not shared.weights_are_finite() for _ in range(200_000))
+        steps_during = float(shared.optimizer.steps[0]) - steps_before
+    finally:
+        shared.set_flag(STOP)
+        for process in steppers:
+            process.join(timeout=60)
+    assert steps_during > 10_000  # the checks really raced with the updates
+    assert phantom == 0
+    assert bool(torch.isfinite(shared.params).all())
