@@ -195,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", help="checkpoint file (overrides --run)")
     evaluate.add_argument("--runs-dir", default="runs", help="where runs are (default: runs)")
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default: 10)")
-    evaluate.add_argument("--greedy", action="store_true",
-                          help="play the most probable action instead of sampling (default: sample)")
+    evaluate.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
+                          help="play the most probable action; --no-greedy samples from the policy "
+                          "(default: greedy)")
     evaluate.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
                           help="device to run the model on (default: auto)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")

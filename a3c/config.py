@@ -85,9 +85,9 @@ class Config:
     eval_episodes: int = field(default=10, metadata=_help("episodes per evaluation"))
     eval_device: str = field(default="auto", metadata=_help(
         "device of the evaluator: auto (cuda when available), cuda or cpu"))
-    eval_greedy: bool = field(default=False, metadata=_help(
-        "evaluate with the most probable action instead of sampling from the policy (greedy play of a "
-        "young A3C policy often repeats one action and scores nothing)"))
+    eval_greedy: bool = field(default=True, metadata=_help(
+        "evaluate with the most probable action; --no-eval-greedy samples from the policy instead "
+        "(greedy play of a young A3C policy often repeats one action and scores nothing)"))
     max_deaths: int = field(default=5, metadata=_help(
         "stop the run with an error when this many processes died within death_window seconds"))
     death_window: float = field(default=300.0, metadata=_help("see max_deaths"))

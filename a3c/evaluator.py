@@ -55,7 +55,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.inference_mode()
-def evaluate_policy(model: ActorCritic, env: gym.Env, episodes: int, greedy: bool = False,
+def evaluate_policy(model: ActorCritic, env: gym.Env, episodes: int, greedy: bool = True,
                     seed: int = EVAL_SEED_OFFSET, device: torch.device | str = "cpu",
                     on_frame: Callable[[int, gym.Env], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> Score | None:
