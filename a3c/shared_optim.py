@@ -16,13 +16,20 @@ import torch
 from torch.optim.adam import adam
 
 
+def _adam_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+               exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], *, fused: bool, lr: float,
+               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=False, capturable=False,
+         differentiable=False, fused=fused or None, amsgrad=False, beta1=betas[0], beta2=betas[1], lr=lr,
+         weight_decay=weight_decay, eps=eps, maximize=False)
+
+
 def fused_adam_available(device: torch.device) -> bool:
     """Whether torch has a fused Adam kernel for `device` (CUDA always; CPU from torch 2.4)."""
-    probe = torch.zeros(1, device=device)
+    probe = [torch.zeros(1, device=device) for _ in range(4)]
     try:
-        adam([probe], [probe.clone()], [probe.clone()], [probe.clone()], [], [torch.zeros((), device=device)],
-             foreach=False, capturable=False, differentiable=False, fused=True, amsgrad=False,
-             beta1=0.9, beta2=0.999, lr=0.0, weight_decay=0.0, eps=1e-8, maximize=False)
+        _adam_step(probe[:1], probe[1:2], probe[2:3], probe[3:], [torch.zeros((), device=device)], fused=True,
+                   lr=0.0)
     except RuntimeError:
         return False
     return True
@@ -48,11 +55,9 @@ class SharedAdam:
         """Apply `grads` (one per parameter, exactly this update's) to the shared parameters."""
         if len(grads) != len(self.params):
             raise ValueError(f"expected {len(self.params)} gradients, got {len(grads)}")
-        adam(self.params, list(grads), self.exp_avgs, self.exp_avg_sqs, [], self.steps,
-             foreach=False, capturable=False, differentiable=False, fused=self.fused or None,
-             amsgrad=False, beta1=self.betas[0], beta2=self.betas[1],
-             lr=self.lr if lr is None else lr, weight_decay=self.weight_decay, eps=self.eps,
-             maximize=False)
+        _adam_step(self.params, list(grads), self.exp_avgs, self.exp_avg_sqs, self.steps, fused=self.fused,
+                   lr=self.lr if lr is None else lr, betas=self.betas, eps=self.eps,
+                   weight_decay=self.weight_decay)
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot in torch.optim.Adam's format, cloned out of shared memory."""
