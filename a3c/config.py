@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
 
 class ConfigError(ValueError):
     """A setting the user gave cannot work; the message says which and why."""
@@ -185,8 +187,9 @@ def validate(config: Config) -> None:
         _positive("reward_scale", config.reward_scale)
     if config.body not in ("auto", "seed", "nature", "mlp"):
         raise ConfigError(f"body must be one of auto, seed, nature, mlp; got {config.body!r}")
-    if config.precision not in ("auto", "float32", "bfloat16"):
-        raise ConfigError(f"precision must be auto, float32 or bfloat16; got {config.precision!r}")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}; "
+                          f"got {config.precision!r}")
     if config.eval_device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"eval_device must be auto, cuda or cpu; got {config.eval_device!r}")
     if config.is_atari and config.model_body == "mlp":

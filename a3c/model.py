@@ -106,10 +106,18 @@ class ActorCritic(nn.Module):
         logits, value = self.heads(features)
         return logits, value, state
 
-    def unroll(self, obs: torch.Tensor, state: LstmState | None, episode_starts: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def unroll(self, obs: torch.Tensor, state: LstmState | None, episode_starts: torch.Tensor,
+               bfloat16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole rollout (T, B, ...) in one pass: the body runs batched over all T*B frames and
-        only the LSTM steps in time, its state zeroed where `episode_starts` (T, B) is set."""
+        only the LSTM steps in time, its state zeroed where `episode_starts` (T, B) is set.
+        With `bfloat16` the pass runs under bfloat16 autocast (the weights and their gradients stay
+        float32); the outputs are float32 either way."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            logits, values = self._unroll(obs, state, episode_starts)
+        return logits.float(), values.float()
+
+    def _unroll(self, obs: torch.Tensor, state: LstmState | None, episode_starts: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         steps, batch = obs.shape[:2]
         features = self.encode(obs.reshape(steps * batch, *obs.shape[2:]))
         if self.lstm is not None:

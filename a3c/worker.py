@@ -157,9 +157,8 @@ def a3c_loss(model: ActorCritic, rollout: Rollout, config: Config
     else:
         episode_starts = torch.zeros_like(rollout.ended)
         episode_starts[1:] = rollout.ended[:-1]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.learner_precision == "bfloat16"):
-            logits, values = model.unroll(rollout.obs, rollout.initial_state, episode_starts)
-        logits, values = logits.float(), values.float()  # the loss itself in float32
+        logits, values = model.unroll(rollout.obs, rollout.initial_state, episode_starts,
+                                      bfloat16=config.learner_precision == "bfloat16")
     returns, advantages = returns_and_advantages(
         rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.ended,
         config.gamma, config.gae_lambda)

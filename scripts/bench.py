@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from a3c.config import Config
+from a3c.config import PRECISIONS, Config
 from a3c.envs import AtariEnv, make_env
 from a3c.trainer import Trainer
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds left out at the start")
     parser.add_argument("--env-id", default="ALE/KungFuMaster-v5")
     parser.add_argument("--lstm", action="store_true")
-    parser.add_argument("--precision", nargs="+", default=["auto"], choices=["auto", "float32", "bfloat16"],
+    parser.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS,
                         help="precision of the update's forward and backward pass (default: auto)")
     parser.add_argument("--output", default="benchmarks/latest.json")
     args = parser.parse_args(argv)
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     for workers in args.workers:
         env_fps = env_only_fps(base, workers, False, args.warmup, args.seconds)
         raw_fps = env_only_fps(base, workers, True, args.warmup, args.seconds) if base.is_atari else None
-        for envs, precision in [(e, p) for e in args.envs_per_worker for p in args.precision]:
+        for envs, precision in itertools.product(args.envs_per_worker, args.precision):
             config = Config(env_id=args.env_id, lstm=args.lstm, workers=workers, envs_per_worker=envs,
                             precision=precision)
             fps = train_fps(config, args.warmup, args.seconds)

@@ -55,9 +55,8 @@ def measure(model, optimizer: SharedAdam, batch: int, repeats: int) -> list[floa
 
     def recompute(bfloat16: bool = False) -> None:
         acting()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-            logits, values = model.unroll(obs, model.initial_state(batch), starts)
-        (logits.float().sum() + values.float().sum()).backward()
+        logits, values = model.unroll(obs, model.initial_state(batch), starts, bfloat16=bfloat16)
+        (logits.sum() + values.sum()).backward()
 
     def keep_graph() -> None:
         state, total = model.initial_state(batch), 0
