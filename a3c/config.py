@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+BFLOAT16_MIN_ENVS = 4  # see Config.learner_precision
 
 
 class ConfigError(ValueError):
@@ -63,9 +64,10 @@ class Config:
     lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
     mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
     precision: str = field(default="auto", metadata=_help(
-        "number format of each update's batched forward and backward pass: float32, or bfloat16 "
-        "(autocast, float32 weights and gradients; acting stays float32); auto picks bfloat16 for "
-        "conv bodies on CPUs with native bfloat16 (AVX-512 BF16 or AMX), float32 otherwise"))
+        "number format of a worker's network body in acting and in the update's backward pass: "
+        "float32, or bfloat16 (the weights, their gradients, Adam, the LSTM and the heads stay "
+        f"float32); auto picks bfloat16 for conv bodies with {BFLOAT16_MIN_ENVS} or more environments "
+        "per worker on CPUs with native bfloat16 (AVX-512 BF16 or AMX), float32 otherwise"))
 
     # Algorithm.
     lr: float = field(default=1e-4, metadata=_help("Adam learning rate"))
@@ -139,8 +141,10 @@ class Config:
         """`precision` resolved on this machine: float32 or bfloat16."""
         if self.precision != "auto":
             return self.precision
-        # Only convolutions gain (README, Performance); an MLP's update is all overhead.
-        return "bfloat16" if self.model_body != "mlp" and cpu_has_native_bfloat16() else "float32"
+        # Measured (README, Performance): only convolutions gain, and only on batches of
+        # BFLOAT16_MIN_ENVS frames or more; on fewer a bfloat16 pass is slower than a float32 one.
+        fast = self.model_body != "mlp" and self.envs_per_worker >= BFLOAT16_MIN_ENVS and cpu_has_native_bfloat16()
+        return "bfloat16" if fast else "float32"
 
 
 @functools.cache

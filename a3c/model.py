@@ -11,6 +11,7 @@ from torch import nn
 from a3c.config import Config
 
 LstmState = tuple[torch.Tensor, torch.Tensor]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # Config's number formats
 
 
 def _conv_layers(body: str, channels: int) -> tuple[nn.ModuleList, int]:
@@ -24,12 +25,78 @@ def _conv_layers(body: str, channels: int) -> tuple[nn.ModuleList, int]:
     raise ValueError(f"unknown conv body {body!r}")
 
 
+BodyWeights = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Tape:
+    """The body's activations over one rollout, written by the acting passes and read by the
+    update's backward pass (ActorCritic.replay), so that the update computes no forward pass again.
+
+    layers[0] holds the scaled observations, layers[i + 1] the output of body layer i; step t of a
+    rollout over B environments owns rows t*B to t*B + B - 1 of each. Image activations are
+    channels-last, the layout the convolutions take.
+    """
+
+    def __init__(self, layers: list[torch.Tensor]) -> None:
+        self.layers = layers
+
+    @classmethod
+    def allocate(cls, model: ActorCritic, rows: int, dtype: torch.dtype) -> Tape:
+        return cls([torch.empty((rows, *shape), dtype=dtype,
+                                memory_format=torch.channels_last if len(shape) == 3 else torch.contiguous_format)
+                    for shape in model.activation_shapes()])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.layers[0].dtype
+
+    def rows(self, start: int, stop: int) -> list[torch.Tensor]:
+        return [layer[start:stop] for layer in self.layers]
+
+    def view(self, rows: int) -> Tape:
+        """The first `rows` rows (a rollout cut short by the stop signal is shorter)."""
+        return Tape(self.rows(0, rows))
+
+
+class _Replayed(torch.autograd.Function):
+    """A body layer (convolution or linear map, then its activation) whose output the acting pass
+    already computed: the forward hands the recorded output back, the backward differentiates
+    through it, batched over the whole rollout and in the recorded activations' number format."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, output: torch.Tensor,
+                stride: tuple[int, int] | None, activation: str) -> torch.Tensor:
+        ctx.save_for_backward(x, weight, output)
+        ctx.stride, ctx.activation = stride, activation
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        x, weight, output = ctx.saved_tensors
+        if ctx.stride is not None:  # from a flatten the gradient comes in NCHW order: oneDNN's
+            grad_output = grad_output.contiguous(memory_format=torch.channels_last)  # slow path, 2-3x
+        if ctx.activation == "relu":
+            grad = torch.ops.aten.threshold_backward(grad_output, output, 0)
+        else:
+            grad = torch.ops.aten.tanh_backward(grad_output, output)
+        compute_weight = weight.to(x.dtype)
+        needs_input_grad = ctx.needs_input_grad[0]
+        if ctx.stride is None:
+            grad_x = grad @ compute_weight if needs_input_grad else None
+            grad_weight, grad_bias = grad.t() @ x, grad.sum(0)
+        else:
+            grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                grad, x, compute_weight, [weight.shape[0]], list(ctx.stride), [0, 0], [1, 1], False, [0, 0], 1,
+                [needs_input_grad, True, True])
+        return grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None, None, None
+
+
 class ActorCritic(nn.Module):
     """Maps observations (and an LSTM state) to policy logits and a state value.
 
     uint8 image observations are scaled to [0, 1] inside, so workers keep frames in uint8.
-    The forward pass calls the functional ops directly: a worker runs it once per step on a
-    single frame, where nn.Module call overhead was about a fifth of the time.
+    The body calls the functional ops directly: a worker runs it once per step on a few frames,
+    where nn.Module call overhead was about a fifth of the time.
     """
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, body: str = "seed",
@@ -38,11 +105,11 @@ class ActorCritic(nn.Module):
         self.obs_shape = tuple(obs_shape)
         self.n_actions = n_actions
         self.is_image = body != "mlp"
+        self.activation = "relu" if self.is_image else "tanh"
         if self.is_image:
             self.convs, self.features = _conv_layers(body, obs_shape[0])
-            with torch.no_grad():
-                flat = self._convolve(torch.zeros(1, *obs_shape)).shape[1]
-            self.hidden = nn.ModuleList([nn.Linear(flat, self.features)])
+            self.hidden = nn.ModuleList()  # the conv output's size comes from activation_shapes()
+            self.hidden.append(nn.Linear(math.prod(self.activation_shapes()[-1]), self.features))
         else:
             (n_inputs,) = obs_shape
             self.convs = nn.ModuleList()
@@ -55,7 +122,7 @@ class ActorCritic(nn.Module):
 
     def _initialise(self) -> None:
         # Orthogonal weights; a near-uniform initial policy and a unit-scale value head.
-        for module in (*self.convs, *self.hidden):
+        for module in self.body_layers():
             nn.init.orthogonal_(module.weight, math.sqrt(2))
             nn.init.zeros_(module.bias)
         nn.init.orthogonal_(self.policy.weight, 0.01)
@@ -66,60 +133,88 @@ class ActorCritic(nn.Module):
             nn.init.zeros_(self.lstm.bias_ih)
             nn.init.zeros_(self.lstm.bias_hh)
 
+    def body_layers(self) -> list[nn.Conv2d | nn.Linear]:
+        return [*self.convs, *self.hidden]
+
+    def activation_shapes(self) -> list[tuple[int, ...]]:
+        """Per-frame shapes of the body's input and of each body layer's output (see Tape)."""
+        shapes = [self.obs_shape]
+        for layer in self.body_layers():
+            if isinstance(layer, nn.Conv2d):
+                _, *sides = shapes[-1]
+                shapes.append((layer.out_channels, *((side - kernel) // stride + 1 for side, kernel, stride
+                                                     in zip(sides, layer.kernel_size, layer.stride))))
+            else:
+                shapes.append((layer.out_features,))
+        return shapes
+
     def initial_state(self, batch: int = 1, device: torch.device | str = "cpu") -> LstmState | None:
         if self.lstm is None:
             return None
         zeros = torch.zeros(batch, self.features, device=device)
         return zeros, zeros.clone()
 
-    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
-            x = F.relu(F.conv2d(x, conv.weight, conv.bias, conv.stride), inplace=True)
-        return x.flatten(1)
+    def body_weights(self, dtype: torch.dtype = torch.float32) -> BodyWeights:
+        """The body's weights and biases in `dtype`, convolution weights channels-last (oneDNN's
+        layout: 15-40% faster passes on a few frames). A worker makes them once per rollout."""
+        return [(layer.weight.to(dtype).contiguous(memory_format=torch.channels_last)
+                 if isinstance(layer, nn.Conv2d) else layer.weight.to(dtype), layer.bias.to(dtype))
+                for layer in self.body_layers()]
 
-    def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        if not self.is_image:
-            x = obs.float()
-            for layer in self.hidden:
-                x = torch.tanh(F.linear(x, layer.weight, layer.bias))
-            return x
-        # channels_last input takes oneDNN's convolutions on CPU: measured 15-20% faster here.
-        # Workers store frames channels-last already (the conversion is then free); the copy to
-        # float32 then an in-place scaling is half the time of a mixed uint8-by-float multiply.
-        x = obs.contiguous(memory_format=torch.channels_last)
-        x = self._convolve(x.to(torch.float32, copy=True).mul_(1.0 / 255.0))
-        (fc,) = self.hidden
-        return F.relu(F.linear(x, fc.weight, fc.bias))
+    def encode(self, obs: torch.Tensor, weights: BodyWeights | None = None,
+               record: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Float32 body features of a batch of observations, computed in the number format of
+        `weights` (body_weights(); the float32 parameters by default). With `record` (a Tape's rows
+        for this step) the scaled input and every layer's output are computed into it."""
+        weights = self.body_weights() if weights is None else weights
+        dtype = weights[0][0].dtype
+        if record is not None:
+            x = record[0].copy_(obs)
+        elif self.is_image:  # channels_last takes oneDNN's convolutions: 15-20% faster here
+            x = obs.contiguous(memory_format=torch.channels_last).to(dtype, copy=True)
+        else:
+            x = obs.to(dtype)
+        if self.is_image:  # a copy then in-place scaling: half the time of a mixed uint8-by-float multiply
+            x.mul_(1.0 / 255.0)
+        for i, (layer, (weight, bias)) in enumerate(zip(self.body_layers(), weights)):
+            if isinstance(layer, nn.Conv2d):
+                x = F.conv2d(x, weight, bias, layer.stride)
+            else:
+                x = F.linear(x.flatten(1), weight, bias)
+            out = None if record is None else record[i + 1]
+            x = torch.clamp_min(x, 0, out=out) if self.activation == "relu" else torch.tanh(x, out=out)
+        return x.float()
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = F.linear(features, self.policy.weight, self.policy.bias)
         value = F.linear(features, self.value.weight, self.value.bias)
         return logits, value.squeeze(-1)
 
-    def forward(self, obs: torch.Tensor, state: LstmState | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, LstmState | None]:
-        """One step for a batch: logits (B, A), values (B,), next LSTM state."""
-        features = self.encode(obs)
+    def forward(self, obs: torch.Tensor, state: LstmState | None = None, weights: BodyWeights | None = None,
+                record: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, LstmState | None]:
+        """One step for a batch: logits (B, A), values (B,), next LSTM state. `weights` and
+        `record` as in encode(); the LSTM and the heads run in float32."""
+        features = self.encode(obs, weights, record)
         if self.lstm is not None:
             state = self.lstm(features, state)
             features = state[0]
         logits, value = self.heads(features)
         return logits, value, state
 
-    def unroll(self, obs: torch.Tensor, state: LstmState | None, episode_starts: torch.Tensor,
-               bfloat16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole rollout (T, B, ...) in one pass: the body runs batched over all T*B frames and
-        only the LSTM steps in time, its state zeroed where `episode_starts` (T, B) is set.
-        With `bfloat16` the pass runs under bfloat16 autocast (the weights and their gradients stay
-        float32); the outputs are float32 either way."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-            logits, values = self._unroll(obs, state, episode_starts)
-        return logits.float(), values.float()
-
-    def _unroll(self, obs: torch.Tensor, state: LstmState | None, episode_starts: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        steps, batch = obs.shape[:2]
-        features = self.encode(obs.reshape(steps * batch, *obs.shape[2:]))
+    def replay(self, tape: Tape, state: LstmState | None, episode_starts: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A rollout's logits (T, B, A) and values (T, B) with the update's autograd graph, from the
+        activations its acting passes recorded in `tape`: the body is differentiated, batched over
+        all T*B frames and in the tape's number format, but not computed again. The LSTM (its state
+        zeroed where `episode_starts` is set) and the heads are cheap and run again, in float32."""
+        steps, batch = episode_starts.shape
+        x, *outputs = tape.layers
+        for layer, output in zip(self.body_layers(), outputs):
+            if isinstance(layer, nn.Conv2d):
+                x = _Replayed.apply(x, layer.weight, layer.bias, output, layer.stride, self.activation)
+            else:
+                x = _Replayed.apply(x.flatten(1), layer.weight, layer.bias, output, None, self.activation)
+        features = x.float()
         if self.lstm is not None:
             features = features.view(steps, batch, -1)
             outputs = []

@@ -4,6 +4,7 @@ shared Adam, without locks (Hogwild)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import time
@@ -18,8 +19,10 @@ import torch.nn.functional as F
 from a3c.config import Config
 from a3c.envs import make_env
 from a3c.model import (
+    DTYPES,
     ActorCritic,
     LstmState,
+    Tape,
     bind_flat_gradients,
     bind_flat_parameters,
     build_model,
@@ -27,6 +30,20 @@ from a3c.model import (
 from a3c.shared import SharedTraining
 
 STATS_INTERVAL_S = 2.0
+# glibc's mallopt parameters: keep freed blocks up to this size in the heap, and the heap's top.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep the memory an update frees for the next one, rather than hand it back to the
+    system and fault it in again page by page: an update's multi-megabyte activation gradients
+    took about 1,600 page faults, a quarter of its time (README, Performance). False where the
+    C library has no mallopt (not glibc), which changes nothing else."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 def returns_and_advantages(rewards: torch.Tensor, values: torch.Tensor, next_values: torch.Tensor,
@@ -66,21 +83,16 @@ def sample_actions(logits: torch.Tensor, gumbel_noise: np.ndarray) -> np.ndarray
     return np.argmax(logits.numpy() + gumbel_noise, axis=1)
 
 
-def observation_buffer(leading: tuple[int, ...], obs_shape: tuple[int, ...], dtype: np.dtype
-                       ) -> tuple[torch.Tensor, np.ndarray]:
-    """A zeroed tensor of shape leading + obs_shape, and the numpy array to write it through.
-
-    Image observations (C, H, W) are stored channels-last (H, W, C in memory), the layout oneDNN's
-    convolutions take: a rollout's frames then reach the network with no layout conversion, which
-    cost more than the copy into this layout.
-    """
+def observation_buffer(batch: int, obs_shape: tuple[int, ...], dtype: np.dtype) -> tuple[torch.Tensor, np.ndarray]:
+    """A zeroed (batch, *obs_shape) tensor for the current observations, and the numpy array to
+    write it through. Image observations (C, H, W) are stored channels-last (H, W, C in memory),
+    the layout oneDNN's convolutions take, so that the acting pass converts no layout."""
     if len(obs_shape) != 3:
-        tensor = torch.from_numpy(np.zeros((*leading, *obs_shape), dtype))
+        tensor = torch.from_numpy(np.zeros((batch, *obs_shape), dtype))
         return tensor, tensor.numpy()
     channels, height, width = obs_shape
-    storage = np.zeros((*leading, height, width, channels), dtype)
-    n = len(leading)
-    return torch.from_numpy(storage).permute(*range(n), n + 2, n, n + 1), storage
+    storage = np.zeros((batch, height, width, channels), dtype)
+    return torch.from_numpy(storage).permute(0, 3, 1, 2), storage
 
 
 def write_observation(slot: np.ndarray, obs: np.ndarray) -> None:
@@ -95,9 +107,10 @@ def write_observation(slot: np.ndarray, obs: np.ndarray) -> None:
 
 @dataclass
 class Rollout:
-    """t_max steps of B environments, stored as (T, B, ...) tensors."""
+    """t_max steps of B environments: (T, B) tensors, and the body activations of the acting
+    passes (rows t*B to t*B + B - 1 of the tape for step t), from which the update differentiates."""
 
-    obs: torch.Tensor
+    tape: Tape
     actions: torch.Tensor
     rewards: torch.Tensor
     values: torch.Tensor
@@ -106,25 +119,22 @@ class Rollout:
     ended: torch.Tensor
     initial_state: LstmState | None = None
     steps: int = 0
-    # With several environments per worker the acting pass keeps its graph (see Worker.keep_graph):
-    # per-step logits and values that the loss uses instead of a batched recomputation.
-    graph_logits: list[torch.Tensor] | None = None
-    graph_values: list[torch.Tensor] | None = None
 
     @classmethod
-    def allocate(cls, obs: torch.Tensor) -> Rollout:
-        """Buffers for the (T, B) observation tensor `obs`, allocated by the caller."""
+    def allocate(cls, model: ActorCritic, steps: int, batch: int, dtype: torch.dtype) -> Rollout:
+        """Buffers for `steps` steps of `batch` environments, the tape in `dtype`."""
         def zeros(dtype: torch.dtype = torch.float32) -> torch.Tensor:
-            return torch.zeros(obs.shape[:2], dtype=dtype)
+            return torch.zeros((steps, batch), dtype=dtype)
 
-        return cls(obs, zeros(torch.int64), zeros(), zeros(), zeros(), zeros(torch.bool), zeros(torch.bool))
+        return cls(Tape.allocate(model, steps * batch, dtype), zeros(torch.int64), zeros(), zeros(), zeros(),
+                   zeros(torch.bool), zeros(torch.bool))
 
     def view(self) -> Rollout:
         """The first `steps` steps (a rollout cut short by the stop signal is shorter)."""
         n = self.steps
-        return Rollout(self.obs[:n], self.actions[:n], self.rewards[:n], self.values[:n],
-                       self.next_values[:n], self.terminated[:n], self.ended[:n], self.initial_state, n,
-                       self.graph_logits, self.graph_values)
+        return Rollout(self.tape.view(n * self.actions.shape[1]), self.actions[:n], self.rewards[:n],
+                       self.values[:n], self.next_values[:n], self.terminated[:n], self.ended[:n],
+                       self.initial_state, n)
 
 
 @dataclass
@@ -148,23 +158,19 @@ def a3c_loss(model: ActorCritic, rollout: Rollout, config: Config
              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs.
 
-    The rollout's forward pass is either recomputed in one batched pass from the stored
-    observations (the local weights did not change during the rollout), in bfloat16 where the
-    configuration says so, or taken from the acting pass's own graph (Worker.keep_graph).
+    The logits and values are the acting passes' own (the local weights did not change during the
+    rollout), replayed from the rollout's tape: the update's backward pass runs batched over the
+    whole rollout, in the learner's number format, without a second forward pass of the body.
     """
-    if rollout.graph_logits is not None:
-        logits, values = torch.stack(rollout.graph_logits), torch.stack(rollout.graph_values)
-    else:
-        episode_starts = torch.zeros_like(rollout.ended)
-        episode_starts[1:] = rollout.ended[:-1]
-        logits, values = model.unroll(rollout.obs, rollout.initial_state, episode_starts,
-                                      bfloat16=config.learner_precision == "bfloat16")
+    episode_starts = torch.zeros_like(rollout.ended)
+    episode_starts[1:] = rollout.ended[:-1]
+    logits, values = model.replay(rollout.tape, rollout.initial_state, episode_starts)
     returns, advantages = returns_and_advantages(
         rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.ended,
         config.gamma, config.gae_lambda)
     log_probs = F.log_softmax(logits, dim=-1)
     action_log_probs = log_probs.gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1)
-    batch = rollout.obs.shape[1]
+    batch = rollout.actions.shape[1]
     policy_loss = -(action_log_probs * advantages).sum() / batch
     value_loss = 0.5 * (returns - values).pow(2).sum() / batch
     entropy = -(log_probs.exp() * log_probs).sum() / batch
@@ -195,25 +201,23 @@ class Worker:
         self.local_params = bind_flat_parameters(self.model)
         self.grad = bind_flat_gradients(self.model)
         first = [env.reset(seed=int(env_seed) + i)[0] for i, env in enumerate(self.envs)]
-        # The current observations, and the rollout's; each written through its numpy storage.
-        self.obs, self.obs_storage = observation_buffer((len(self.envs),), obs_shape, first[0].dtype)
+        # The current observations, written through their numpy storage.
+        self.obs, self.obs_storage = observation_buffer(len(self.envs), obs_shape, first[0].dtype)
         for slot, obs in zip(self.obs_storage, first):
             write_observation(slot, obs)
-        rollout_obs, self.rollout_obs_storage = observation_buffer((config.t_max, len(self.envs)), obs_shape,
-                                                                   first[0].dtype)
         self.state = self.model.initial_state(len(self.envs))
-        self.rollout = Rollout.allocate(rollout_obs)
+        self.dtype = DTYPES[config.learner_precision]
+        self.rollout = Rollout.allocate(self.model, config.t_max, len(self.envs), self.dtype)
+        self.body_weights = self.model.body_weights(self.dtype)
         self.episode_returns = [0.0] * len(self.envs)
         self.episode_lengths = [0] * len(self.envs)
         self.finished: list[EpisodeRecord] = []
         self.reward_scale = config.training_reward_scale
-        # Measured (README, Benchmarks): a no-grad acting pass plus one batched recomputation is
-        # faster for one env, and for several in bfloat16; keeping the acting graph is faster for
-        # several in float32.
-        self.keep_graph = config.envs_per_worker > 1 and config.learner_precision == "float32"
 
     def sync_weights(self) -> None:
+        """Load the shared weights, and the acting passes' copy of the body's in their format."""
         self.local_params.copy_(self.shared.params)
+        self.body_weights = self.model.body_weights(self.dtype)
 
     def _training_reward(self, reward: float) -> float:
         if self.config.reward_clip:
@@ -224,12 +228,8 @@ class Worker:
         """Play up to t_max steps with the local weights, sampling from the policy; fewer when the
         stop flag is raised, so that shutdown never waits for a whole rollout."""
         rollout = self.rollout
-        if self.state is not None:  # truncated backpropagation: no gradient into earlier rollouts
-            self.state = (self.state[0].detach(), self.state[1].detach())
         rollout.initial_state = None if self.state is None else (self.state[0].clone(), self.state[1].clone())
-        rollout.graph_logits = [] if self.keep_graph else None
-        rollout.graph_values = [] if self.keep_graph else None
-        with torch.set_grad_enabled(self.keep_graph):
+        with torch.no_grad():  # the update replays the tape: no graph is needed while acting
             self._play(rollout)
         return rollout.view()
 
@@ -237,22 +237,15 @@ class Worker:
         model = self.model
         rollout.next_values.zero_()
         # Per-step writes go through numpy views of the tensors: far cheaper than tensor indexing.
-        obs_storage, rollout_obs_storage = self.obs_storage, self.rollout_obs_storage
+        obs_storage, batch = self.obs_storage, len(self.envs)
         actions_np, values_np = rollout.actions.numpy(), rollout.values.numpy()
         rewards_np, terminated_np = rollout.rewards.numpy(), rollout.terminated.numpy()
         ended_np, next_values_np = rollout.ended.numpy(), rollout.next_values.numpy()
         gumbel_noise = self.rng.gumbel(size=(self.config.t_max, len(self.envs), self.n_actions))
         steps = 0
         for t in range(self.config.t_max):
-            rollout_obs_storage[t] = obs_storage
-            # A kept graph may save its input, so it gets a tensor of its own (writes to self.obs or
-            # to any step of the rollout buffer would bump the saved tensor's version).
-            step_obs = self.obs.clone() if self.keep_graph else self.obs
-            logits, value, self.state = model(step_obs, self.state)
-            if rollout.graph_logits is not None:
-                rollout.graph_logits.append(logits)
-                rollout.graph_values.append(value)
-                logits, value = logits.detach(), value.detach()
+            logits, value, self.state = model(self.obs, self.state, self.body_weights,
+                                              rollout.tape.rows(t * batch, (t + 1) * batch))
             actions = sample_actions(logits, gumbel_noise[t])
             actions_np[t] = actions
             values_np[t] = value.numpy()
@@ -270,10 +263,9 @@ class Worker:
                                                        self.episode_lengths[b], time.time()))
                     self.episode_returns[b], self.episode_lengths[b] = 0.0, 0
                     obs, _ = env.reset()
-                    if self.state is not None:  # out of place: the graph may hold the old state
-                        keep = torch.ones(len(self.envs), 1)
-                        keep[b] = 0.0
-                        self.state = (self.state[0] * keep, self.state[1] * keep)
+                    if self.state is not None:  # a new episode starts from a zero LSTM state
+                        self.state[0][b] = 0.0
+                        self.state[1][b] = 0.0
                 write_observation(obs_storage[b], obs)
             steps = t + 1
             if self.shared.stop_requested():
@@ -285,16 +277,14 @@ class Worker:
             rollout.next_values[:steps - 1][inner] = rollout.values[1:steps][inner]
         last = ~rollout.ended[steps - 1]
         if last.any():
-            with torch.no_grad():
-                _, last_value, _ = model(self.obs, self.state)
+            _, last_value, _ = model(self.obs, self.state, self.body_weights)
             rollout.next_values[steps - 1][last] = last_value[last]
 
-    @torch.no_grad()
     def _value(self, obs: np.ndarray, env_index: int) -> torch.Tensor:
         state = None
         if self.state is not None:
             state = (self.state[0][env_index:env_index + 1], self.state[1][env_index:env_index + 1])
-        _, value, _ = self.model(torch.from_numpy(obs).unsqueeze(0), state)
+        _, value, _ = self.model(torch.from_numpy(obs).unsqueeze(0), state, self.body_weights)
         return value[0]
 
     def learning_rate(self) -> float:
@@ -338,6 +328,7 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
     """Process entry: train until the stop signal, the frame budget, or the parent's death."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
+    keep_freed_memory()
     worker = Worker(worker_id, config, shared, seeds)
     recent: list[UpdateStats] = []
     last_report = time.monotonic()

@@ -6,7 +6,7 @@ import torch
 
 from a3c.config import Config, ConfigError
 from a3c.envs import make_env
-from a3c.model import bind_flat_parameters, build_model
+from a3c.model import ActorCritic, Tape, bind_flat_parameters, build_model
 
 
 @pytest.mark.parametrize("size", [42, 84])
@@ -87,21 +87,51 @@ def test_seed_body_matches_the_tutorial_network():
     assert (fc.in_features, fc.out_features) == (512, 128)  # the seed's fc 512->128
 
 
-def test_unroll_equals_step_by_step_forward_with_resets():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("body,obs_shape,lstm", [("seed", (4, 42, 42), False), ("seed", (4, 42, 42), True),
+                                                 ("nature", (4, 84, 84), False), ("mlp", (4,), True)])
+def test_replaying_the_tape_gives_the_acting_outputs_and_their_exact_gradient(body, obs_shape, lstm, dtype):
     torch.manual_seed(0)
-    model = build_model(Config(env_id="CartPole-v1", lstm=True), (4,), 2)
-    obs = torch.randn(6, 2, 4)
-    starts = torch.zeros(6, 2, dtype=torch.bool)
-    starts[3, 1] = True
-    state = (torch.randn(2, 64), torch.randn(2, 64))
-    logits, values = model.unroll(obs, state, starts)
-    step_state = state
-    for t in range(6):
-        keep = (~starts[t]).float().unsqueeze(-1)
-        step_state = (step_state[0] * keep, step_state[1] * keep)
-        step_logits, step_values, step_state = model(obs[t], step_state)
-        torch.testing.assert_close(logits[t], step_logits)
-        torch.testing.assert_close(values[t], step_values)
+    model = ActorCritic(obs_shape, 5, body, lstm)
+    steps, batch = 5, 3
+    if len(obs_shape) == 3:
+        obs = torch.randint(0, 256, (steps, batch, *obs_shape), dtype=torch.uint8)
+    else:
+        obs = torch.randn(steps, batch, *obs_shape)
+    starts = torch.zeros(steps, batch, dtype=torch.bool)
+    starts[3, 1] = True  # environment 1 begins a new episode at step 3
+    initial = None if not lstm else (torch.randn(batch, model.features), torch.randn(batch, model.features))
+
+    def play(record_into: Tape | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step by step, as a worker acts; recording into the tape, or with autograd."""
+        weights, state, outputs = model.body_weights(dtype), initial, []
+        for t in range(steps):
+            if state is not None:
+                keep = (~starts[t]).float().unsqueeze(-1)
+                state = (state[0] * keep, state[1] * keep)
+            record = None if record_into is None else record_into.rows(t * batch, (t + 1) * batch)
+            logits, values, state = model(obs[t], state, weights, record)
+            outputs.append((logits, values))
+        return torch.stack([o[0] for o in outputs]), torch.stack([o[1] for o in outputs])
+
+    tape = Tape.allocate(model, steps * batch, dtype)
+    with torch.no_grad():
+        acted_logits, acted_values = play(tape)
+    logits, values = model.replay(tape, initial, starts)
+    torch.testing.assert_close(logits, acted_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(values, acted_values, rtol=1e-5, atol=1e-6)
+
+    weights_of_loss = torch.randn(steps, batch, 5), torch.randn(steps, batch)
+
+    def gradient(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        loss = (logits * weights_of_loss[0]).sum() + (values * weights_of_loss[1]).sum()
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+
+    replayed, reference = gradient(logits, values), gradient(*play(None))
+    if dtype == torch.float32:
+        torch.testing.assert_close(replayed, reference, rtol=1e-4, atol=1e-6)
+    else:  # each bfloat16 op rounds its output to 8 significant bits, batched and stepwise alike
+        assert float((replayed - reference).norm() / reference.norm()) < 2e-2
 
 
 def test_flat_parameters_are_views_of_one_tensor():
@@ -111,12 +141,14 @@ def test_flat_parameters_are_views_of_one_tensor():
     assert all(float(p.detach().abs().sum()) == 0 for p in model.parameters())
 
 
-def test_auto_precision_is_bfloat16_only_for_conv_bodies_on_cpus_with_native_bfloat16(monkeypatch):
+def test_auto_precision_is_bfloat16_only_for_batched_conv_bodies_on_cpus_with_native_bfloat16(monkeypatch):
     import a3c.config as config_module
 
+    several = config_module.BFLOAT16_MIN_ENVS
     for native in (True, False):
         monkeypatch.setattr(config_module, "cpu_has_native_bfloat16", lambda native=native: native)
-        assert Config().learner_precision == ("bfloat16" if native else "float32")
-        assert Config(env_id="CartPole-v1").learner_precision == "float32"  # an MLP gains nothing
+        assert Config(envs_per_worker=several).learner_precision == ("bfloat16" if native else "float32")
+        assert Config(envs_per_worker=several - 1).learner_precision == "float32"  # too few frames per pass
+        assert Config(env_id="CartPole-v1", envs_per_worker=16).learner_precision == "float32"  # an MLP gains nothing
         assert Config(precision="float32").learner_precision == "float32"
         assert Config(env_id="CartPole-v1", precision="bfloat16").learner_precision == "bfloat16"
