@@ -208,21 +208,24 @@ class Worker:
         self.state = self.model.initial_state(len(self.envs))
         self.dtype = DTYPES[config.learner_precision]
         self.rollout = Rollout.allocate(self.model, config.t_max, len(self.envs), self.dtype)
+        batch = len(self.envs)
+        self.tape_rows = [self.rollout.tape.rows(t * batch, (t + 1) * batch) for t in range(config.t_max)]
         self.body_weights = self.model.body_weights(self.dtype)
         self.episode_returns = [0.0] * len(self.envs)
         self.episode_lengths = [0] * len(self.envs)
         self.finished: list[EpisodeRecord] = []
-        self.reward_scale = config.training_reward_scale
 
     def sync_weights(self) -> None:
         """Load the shared weights, and the acting passes' copy of the body's in their format."""
         self.local_params.copy_(self.shared.params)
         self.body_weights = self.model.body_weights(self.dtype)
 
-    def _training_reward(self, reward: float) -> float:
+    def _to_training_rewards(self, rewards: np.ndarray) -> None:
+        """The game's rewards, in place, to what the learner sees: clipped or scaled."""
         if self.config.reward_clip:
-            return float(np.sign(reward))
-        return reward * self.reward_scale
+            np.sign(rewards, out=rewards)
+        else:
+            rewards *= self.config.training_reward_scale
 
     def collect(self) -> Rollout:
         """Play up to t_max steps with the local weights, sampling from the policy; fewer when the
@@ -237,23 +240,23 @@ class Worker:
         model = self.model
         rollout.next_values.zero_()
         # Per-step writes go through numpy views of the tensors: far cheaper than tensor indexing.
-        obs_storage, batch = self.obs_storage, len(self.envs)
+        obs_storage, envs = self.obs_storage, self.envs
         actions_np, values_np = rollout.actions.numpy(), rollout.values.numpy()
         rewards_np, terminated_np = rollout.rewards.numpy(), rollout.terminated.numpy()
         ended_np, next_values_np = rollout.ended.numpy(), rollout.next_values.numpy()
         gumbel_noise = self.rng.gumbel(size=(self.config.t_max, len(self.envs), self.n_actions))
         steps = 0
         for t in range(self.config.t_max):
-            logits, value, self.state = model(self.obs, self.state, self.body_weights,
-                                              rollout.tape.rows(t * batch, (t + 1) * batch))
+            logits, value, self.state = model(self.obs, self.state, self.body_weights, self.tape_rows[t])
             actions = sample_actions(logits, gumbel_noise[t])
             actions_np[t] = actions
             values_np[t] = value.numpy()
-            for b, env in enumerate(self.envs):
-                obs, reward, terminated, truncated, _ = env.step(int(actions[b]))
-                rewards_np[t, b] = self._training_reward(reward)
-                terminated_np[t, b] = terminated
-                ended_np[t, b] = terminated or truncated
+            rewards, terminals, ends = [], [], []  # written to the rollout once per step
+            for b, (env, action) in enumerate(zip(envs, actions.tolist())):
+                obs, reward, terminated, truncated, _ = env.step(action)
+                rewards.append(reward)
+                terminals.append(terminated)
+                ends.append(terminated or truncated)
                 self.episode_returns[b] += reward
                 self.episode_lengths[b] += 1
                 if terminated or truncated:
@@ -267,10 +270,12 @@ class Worker:
                         self.state[0][b] = 0.0
                         self.state[1][b] = 0.0
                 write_observation(obs_storage[b], obs)
+            rewards_np[t], terminated_np[t], ended_np[t] = rewards, terminals, ends
             steps = t + 1
             if self.shared.stop_requested():
                 break
         rollout.steps = steps
+        self._to_training_rewards(rewards_np[:steps])
         # Bootstrap every non-final step from the next state's value, the last from V(s_T).
         if steps > 1:
             inner = ~rollout.ended[:steps - 1]
