@@ -56,7 +56,7 @@ def measure(model, optimizer: SharedAdam, batch: int, repeats: int) -> list[floa
                 model(obs[t], None, weights, tape.rows(t * batch, (t + 1) * batch))
 
     def replay(dtype: torch.dtype) -> None:
-        logits, values = model.replay(tapes[dtype], None, starts, dtype)
+        logits, values = model.replay(tapes[dtype], None, starts)
         (logits.sum() + values.sum()).backward()
 
     def recompute(dtype: torch.dtype) -> None:

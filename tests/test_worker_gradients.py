@@ -251,3 +251,18 @@ worker.close()
         pytest.skip("the C library has no mallopt (not glibc)")
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.split()[-1]) < 400
+
+
+@pytest.mark.parametrize("options,expected", [({"reward_scale": 0.25}, 0.25), ({"reward_clip": True, "reward_scale": 0.25}, 1.0)])
+def test_the_rollout_holds_the_training_rewards(options, expected):
+    # CartPole pays 1 per step: scaled by reward_scale, or clipped to its sign (scale ignored).
+    config = Config(env_id="CartPole-v1", workers=1, envs_per_worker=2, t_max=6, **options)
+    shared = SharedTraining.create(build_model(config, (4,), 2), config)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    try:
+        rollout = worker.collect()
+        assert torch.equal(rollout.rewards, torch.full((rollout.steps, 2), expected))
+        if not rollout.ended.any():  # episode returns add up the game's own rewards
+            assert worker.episode_returns == [float(rollout.steps)] * 2
+    finally:
+        worker.close()
