@@ -180,7 +180,7 @@ class ActorCritic(nn.Module):
             if isinstance(layer, nn.Conv2d):
                 x = F.conv2d(x, weight, bias, layer.stride)
             else:
-                x = F.linear(x.flatten(1), weight, bias)
+                x = F.linear(x.flatten(1) if x.dim() > 2 else x, weight, bias)
             out = None if record is None else record[i + 1]
             x = torch.clamp_min(x, 0, out=out) if self.activation == "relu" else torch.tanh(x, out=out)
         return x.float()
