@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env-id", default="ALE/KungFuMaster-v5")
     parser.add_argument("--lstm", action="store_true")
     parser.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS,
-                        help="precision of the update's forward and backward pass (default: auto)")
+                        help="number format of the network passes (default: auto)")
     parser.add_argument("--output", default="benchmarks/latest.json")
     args = parser.parse_args(argv)
 

@@ -11,7 +11,7 @@ agent step (one pass over all B environments):
   recompute       - for comparison, the earlier way: one batched forward of the body over the 20*B
                     frames with autograd, then the backward (bfloat16 under autocast)
   adam step       - one SharedAdam step on the flat parameter vector
-Memory is kept as a worker keeps it (worker.keep_freed_memory).
+Memory is kept as a worker keeps it (worker.keep_freed_memory) unless --default-malloc is given.
 """
 
 from __future__ import annotations
@@ -77,9 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--default-malloc", action="store_true", help="leave glibc's defaults, for comparison")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    keep_freed_memory()
+    if not args.default_malloc:
+        keep_freed_memory()
     torch.manual_seed(0)
     model = build_model(Config(), (4, 42, 42), 14)
     optimizer = SharedAdam([bind_flat_parameters(model).share_memory_()])
