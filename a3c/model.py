@@ -46,10 +46,6 @@ class Tape:
                                 memory_format=torch.channels_last if len(shape) == 3 else torch.contiguous_format)
                     for shape in model.activation_shapes()])
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.layers[0].dtype
-
     def rows(self, start: int, stop: int) -> list[torch.Tensor]:
         return [layer[start:stop] for layer in self.layers]
 
@@ -73,8 +69,9 @@ class _Replayed(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         x, weight, output = ctx.saved_tensors
-        if ctx.stride is not None:  # from a flatten the gradient comes in NCHW order: oneDNN's
-            grad_output = grad_output.contiguous(memory_format=torch.channels_last)  # slow path, 2-3x
+        if ctx.stride is not None:
+            # Through a flatten the gradient arrives in NCHW order, oneDNN's slow path here.
+            grad_output = grad_output.contiguous(memory_format=torch.channels_last)
         if ctx.activation == "relu":
             grad = torch.ops.aten.threshold_backward(grad_output, output, 0)
         else:
@@ -84,7 +81,7 @@ class _Replayed(torch.autograd.Function):
         if ctx.stride is None:
             grad_x = grad @ compute_weight if needs_input_grad else None
             grad_weight, grad_bias = grad.t() @ x, grad.sum(0)
-        else:
+        else:  # the body's convolutions have no padding, no dilation, one group
             grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
                 grad, x, compute_weight, [weight.shape[0]], list(ctx.stride), [0, 0], [1, 1], False, [0, 0], 1,
                 [needs_input_grad, True, True])
@@ -217,12 +214,12 @@ class ActorCritic(nn.Module):
         features = x.float()
         if self.lstm is not None:
             features = features.view(steps, batch, -1)
-            outputs = []
+            hidden = []
             for t in range(steps):
                 keep = (~episode_starts[t]).float().unsqueeze(-1)
                 state = self.lstm(features[t], (state[0] * keep, state[1] * keep))
-                outputs.append(state[0])
-            features = torch.stack(outputs).reshape(steps * batch, -1)
+                hidden.append(state[0])
+            features = torch.stack(hidden).reshape(steps * batch, -1)
         logits, value = self.heads(features)
         return logits.view(steps, batch, -1), value.view(steps, batch)
 
