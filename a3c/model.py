@@ -207,10 +207,9 @@ class ActorCritic(nn.Module):
         steps, batch = episode_starts.shape
         x, *outputs = tape.layers
         for layer, output in zip(self.body_layers(), outputs):
-            if isinstance(layer, nn.Conv2d):
-                x = _Replayed.apply(x, layer.weight, layer.bias, output, layer.stride, self.activation)
-            else:
-                x = _Replayed.apply(x.flatten(1), layer.weight, layer.bias, output, None, self.activation)
+            conv = isinstance(layer, nn.Conv2d)
+            x = _Replayed.apply(x if conv else x.flatten(1), layer.weight, layer.bias, output,
+                                layer.stride if conv else None, self.activation)
         features = x.float()
         if self.lstm is not None:
             features = features.view(steps, batch, -1)

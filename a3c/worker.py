@@ -121,12 +121,12 @@ class Rollout:
     steps: int = 0
 
     @classmethod
-    def allocate(cls, model: ActorCritic, steps: int, batch: int, dtype: torch.dtype) -> Rollout:
-        """Buffers for `steps` steps of `batch` environments, the tape in `dtype`."""
+    def allocate(cls, model: ActorCritic, steps: int, batch: int, tape_dtype: torch.dtype) -> Rollout:
+        """Buffers for `steps` steps of `batch` environments, the tape in `tape_dtype`."""
         def zeros(dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.zeros((steps, batch), dtype=dtype)
 
-        return cls(Tape.allocate(model, steps * batch, dtype), zeros(torch.int64), zeros(), zeros(), zeros(),
+        return cls(Tape.allocate(model, steps * batch, tape_dtype), zeros(torch.int64), zeros(), zeros(), zeros(),
                    zeros(torch.bool), zeros(torch.bool))
 
     def view(self) -> Rollout:
