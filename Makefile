@@ -23,6 +23,7 @@ RUNS_DIR ?= runs
 RUN_NAME ?=
 RESUME ?=
 CONFIG ?=
+PRESET ?=
 EVAL_DEVICE ?=
 ARGS ?=
 # Evaluation settings.
@@ -31,6 +32,7 @@ CHECKPOINT ?=
 EPISODES ?= 10
 DEVICE ?= auto
 VIDEO ?=
+GREEDY ?=
 OUTPUT ?=
 # Benchmark settings.
 BENCH_WORKERS ?= 1 2
@@ -45,9 +47,10 @@ TRAIN_FLAGS = $(call opt,--workers,$(WORKERS)) $(call opt,--env-id,$(ENV)) \
 	$(call opt,--body,$(BODY)) $(if $(filter 1 yes true,$(LSTM)),--lstm) $(call opt,--precision,$(PRECISION)) \
 	$(call opt,--lr,$(LR)) $(call opt,--seed,$(SEED)) --runs-dir $(RUNS_DIR) \
 	$(call opt,--run-name,$(RUN_NAME)) $(call opt,--resume,$(RESUME)) \
-	$(call opt,--config,$(CONFIG)) $(call opt,--eval-device,$(EVAL_DEVICE)) $(ARGS)
+	$(call opt,--config,$(CONFIG)) $(call opt,--preset,$(PRESET)) $(call opt,--eval-device,$(EVAL_DEVICE)) $(ARGS)
 EVAL_FLAGS = --runs-dir $(RUNS_DIR) $(call opt,--run,$(RUN)) $(call opt,--checkpoint,$(CHECKPOINT)) \
-	--episodes $(EPISODES) --device $(DEVICE) $(if $(filter 1 yes true,$(VIDEO)),--video) $(ARGS)
+	--episodes $(EPISODES) --device $(DEVICE) $(if $(filter 1 yes true,$(VIDEO)),--video) \
+	$(if $(filter 1 yes true,$(GREEDY)),--greedy) $(ARGS)
 
 .PHONY: install train eval plot test lint bench clean
 

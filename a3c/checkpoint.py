@@ -7,8 +7,6 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import torch
-
 FORMAT = "a3c-checkpoint"
 VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
@@ -25,6 +23,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     at any moment leaves either the old checkpoint or the new one, never a broken file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    import torch  # here, not at the top: `a3c plot` finds runs without loading torch
+
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as f:
@@ -49,6 +49,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
+    import torch
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError,

@@ -17,7 +17,7 @@ from a3c.checkpoint import (
     newest_run,
     resolve_checkpoint,
 )
-from a3c.config import Config, ConfigError, validate
+from a3c.config import PRESETS, Config, ConfigError, validate
 
 # Settings a resumed run cannot change: they fix the environment's spaces or the model's shape.
 FIXED_ON_RESUME = ("env_id", "body", "lstm", "mlp_hidden", "screen_size", "frame_stack")
@@ -101,6 +101,8 @@ def command_train(args: argparse.Namespace) -> int:
     overrides = settings_from_args(args)
     if args.config:
         overrides = {**load_config_file(args.config), **overrides}
+    if args.preset:
+        overrides = {**PRESETS[args.preset], **overrides}
     if args.resume:
         checkpoint_path = resolve_checkpoint(args.resume, LATEST)
         payload = load_checkpoint(checkpoint_path)
@@ -187,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model")
     train.add_argument("--config", help="JSON or YAML file of settings; flags given here override it "
                        "(default: none)")
+    train.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set of settings: "
+                       "seed (the seed tutorial's network and reward scaling, t_max 20, one environment per "
+                       "worker: earlier versions' defaults) or paper (Mnih et al. 2016's A3C FF); a config "
+                       "file and flags override it (default: none)")
     train.add_argument("--resume", help="run directory or checkpoint to continue from; its settings come "
                        "back, and flags given here override those that may change (default: none)")
     add_config_arguments(train)
@@ -195,9 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", help="checkpoint file (overrides --run)")
     evaluate.add_argument("--runs-dir", default="runs", help="where runs are (default: runs)")
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes to play (default: 10)")
-    evaluate.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
-                          help="play the most probable action; --no-greedy samples from the policy "
-                          "(default: greedy)")
+    evaluate.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=False,
+                          help="play the most probable action instead of sampling from the policy, "
+                          "the policy that was trained (default: sampled)")
     evaluate.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
                           help="device to run the model on (default: auto)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the first episode (default: 0)")

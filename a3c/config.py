@@ -1,7 +1,8 @@
 """Every hyperparameter of a run, in one dataclass, with its validation.
 
-Defaults come from the seed tutorial (network, lr 1e-4, gamma 0.99, reward scale 0.01) and from
-Mnih et al. 2016 / ikostrikov's pytorch-a3c (t_max 20, entropy 0.01, frame skip 4, no-op starts).
+The defaults are the settings that measured best in score per second on a 2-core machine
+(docs/benchmarks.md): 16 environments per worker, t_max 5, Adam at lr 3e-4, rewards clipped to
+their sign. PRESETS keeps the seed tutorial's settings and the A3C paper's one flag away.
 """
 
 from __future__ import annotations
@@ -14,11 +15,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+REWARD_TRANSFORMS = ("auto", "clip", "scale")
 BFLOAT16_MIN_ENVS = 4  # see Config.learner_precision
 
 
 class ConfigError(ValueError):
     """A setting the user gave cannot work; the message says which and why."""
+
+
+# Named sets of settings, applied under a config file and flags (`a3c train --preset seed`).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed tutorial's network and reward scaling, with ikostrikov/pytorch-a3c's rollout length:
+    # the defaults of earlier versions.
+    "seed": {"screen_size": 42, "body": "seed", "envs_per_worker": 1, "t_max": 20, "lr": 1e-4,
+             "reward_transform": "scale"},
+    # Mnih et al. 2016's A3C FF: 84x84 frames, the network of Mnih et al. 2013, one environment per
+    # worker, t_max 5, clipped rewards, the learning rate annealed to zero (with Adam at
+    # ikostrikov's lr 1e-4 in place of the paper's shared RMSProp, whose lr was searched per game).
+    "paper": {"screen_size": 84, "body": "nature", "envs_per_worker": 1, "t_max": 5, "lr": 1e-4,
+              "lr_anneal": True, "reward_transform": "clip"},
+}
 
 
 def _help(text: str, default: str | None = None) -> dict[str, str]:
@@ -33,7 +49,7 @@ class Config:
         "Gymnasium id: an ALE Atari game, or any env with a flat Box observation and Discrete actions"))
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata=_help(
         "worker processes, each with its own environments", f"one per CPU core, {os.cpu_count()} here"))
-    envs_per_worker: int = field(default=1, metadata=_help(
+    envs_per_worker: int = field(default=16, metadata=_help(
         "environments per worker, stepped in turn with one batched forward pass (Hogwild between workers)"))
     total_frames: int = field(default=20_000_000, metadata=_help(
         "stop after this many environment frames (Atari frames count the frame skip)"))
@@ -52,10 +68,12 @@ class Config:
         "probability that the emulator repeats the previous action (0 as in the paper; 0.25 as in ALE v5)"))
     max_episode_frames: int = field(default=108_000, metadata=_help(
         "truncate an episode after this many frames (30 minutes of play)"))
-    reward_clip: bool = field(default=False, metadata=_help(
-        "clip training rewards to [-1, 1] (the paper's choice) instead of scaling them"))
+    reward_transform: str = field(default="auto", metadata=_help(
+        "what the learner sees of a reward: clip (its sign, as in the A3C paper: every game's points "
+        "weigh alike), scale (times reward_scale, as in the seed); auto clips Atari rewards and leaves "
+        "other environments' as they are"))
     reward_scale: float | None = field(default=None, metadata=_help(
-        "multiply training rewards by this", "0.01 for Atari as in the seed, 1 otherwise"))
+        "with reward_transform scale: multiply training rewards by this", "0.01 for Atari as in the seed, 1 otherwise"))
 
     # Model.
     body: str = field(default="auto", metadata=_help(
@@ -70,14 +88,14 @@ class Config:
         "per worker on CPUs with native bfloat16 (AVX-512 BF16 or AMX), float32 otherwise"))
 
     # Algorithm.
-    lr: float = field(default=1e-4, metadata=_help("Adam learning rate"))
+    lr: float = field(default=3e-4, metadata=_help("Adam learning rate"))
     lr_anneal: bool = field(default=False, metadata=_help(
         "anneal the learning rate linearly to zero over total_frames, as in the paper"))
     adam_eps: float = field(default=1e-8, metadata=_help("Adam epsilon"))
     gamma: float = field(default=0.99, metadata=_help("discount factor"))
     gae_lambda: float = field(default=1.0, metadata=_help(
         "GAE lambda for the policy's advantage; 1 gives the paper's n-step advantage"))
-    t_max: int = field(default=20, metadata=_help("steps per rollout before each update"))
+    t_max: int = field(default=5, metadata=_help("steps per rollout before each update"))
     entropy_coef: float = field(default=0.01, metadata=_help("entropy bonus weight beta"))
     value_loss_coef: float = field(default=0.5, metadata=_help("value loss weight"))
     max_grad_norm: float = field(default=50.0, metadata=_help("clip each update's gradient to this norm"))
@@ -89,9 +107,9 @@ class Config:
     eval_episodes: int = field(default=10, metadata=_help("episodes per evaluation"))
     eval_device: str = field(default="auto", metadata=_help(
         "device of the evaluator: auto (cuda when available), cuda or cpu"))
-    eval_greedy: bool = field(default=True, metadata=_help(
-        "evaluate with the most probable action; --no-eval-greedy samples from the policy instead "
-        "(greedy play of a young A3C policy often repeats one action and scores nothing)"))
+    eval_greedy: bool = field(default=False, metadata=_help(
+        "evaluate with the most probable action instead of sampling from the policy; the policy that "
+        "was trained is the sampled one, and its greedy version often scores far less"))
     max_deaths: int = field(default=5, metadata=_help(
         "stop the run with an error when this many processes died within death_window seconds"))
     death_window: float = field(default=300.0, metadata=_help("see max_deaths"))
@@ -105,6 +123,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
+        """A Config from saved or user settings. Settings files of earlier versions are read as
+        they were meant: `reward_clip` (true: clip, false: scale) became `reward_transform`."""
+        values = dict(values)
+        if "reward_clip" in values:
+            clip = values.pop("reward_clip")
+            values.setdefault("reward_transform", "clip" if clip else "scale")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -121,7 +145,17 @@ class Config:
         return self.env_id.startswith("ALE/")
 
     @property
+    def training_reward_transform(self) -> str:
+        """`reward_transform` resolved for this environment: clip or scale."""
+        if self.reward_transform != "auto":
+            return self.reward_transform
+        return "clip" if self.is_atari else "scale"
+
+    @property
     def training_reward_scale(self) -> float:
+        """The factor of the scale transform (1 when the rewards are clipped)."""
+        if self.training_reward_transform == "clip":
+            return 1.0
         if self.reward_scale is not None:
             return self.reward_scale
         return 0.01 if self.is_atari else 1.0
@@ -191,6 +225,8 @@ def validate(config: Config) -> None:
         _positive("reward_scale", config.reward_scale)
     if config.body not in ("auto", "seed", "nature", "mlp"):
         raise ConfigError(f"body must be one of auto, seed, nature, mlp; got {config.body!r}")
+    if config.reward_transform not in REWARD_TRANSFORMS:
+        raise ConfigError(f"reward_transform must be auto, clip or scale; got {config.reward_transform!r}")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}; "
                           f"got {config.precision!r}")

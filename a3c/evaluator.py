@@ -19,13 +19,11 @@ import torch
 from a3c.checkpoint import BEST, CHECKPOINT_DIR, LATEST, save_checkpoint
 from a3c.config import Config
 from a3c.envs import make_env
+from a3c.logger import EVAL_FIELDS, EVALUATIONS_CSV
 from a3c.model import ActorCritic, build_model
 from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share seeds with the workers'
-EVALUATIONS_CSV = "evaluations.csv"
-EVAL_FIELDS = ["frames", "episodes", "time", "mean_reward", "std_reward", "min_reward", "max_reward",
-               "mean_ep_length", "n_episodes"]
 
 
 @dataclass
@@ -55,7 +53,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.inference_mode()
-def evaluate_policy(model: ActorCritic, env: gym.Env, episodes: int, greedy: bool = True,
+def evaluate_policy(model: ActorCritic, env: gym.Env, episodes: int, greedy: bool = False,
                     seed: int = EVAL_SEED_OFFSET, device: torch.device | str = "cpu",
                     on_frame: Callable[[int, gym.Env], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> Score | None:
@@ -116,7 +114,7 @@ def checkpoint_payload(config: Config, shared: SharedTraining, model_state: dict
     return {"config": config.to_dict(), "obs_shape": list(obs_shape), "n_actions": n_actions,
             "model": model_state, "optimizer": shared.optimizer.state_dict(), "frames": frames,
             "episodes": episodes, "score": None if score is None else asdict(score),
-            "best_score": best_score, "saved_at": time.time()}
+            "best_score": best_score, "seconds": shared.elapsed(), "saved_at": time.time()}
 
 
 def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shape: tuple[int, ...],
@@ -132,7 +130,6 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
     model = build_model(config, obs_shape, n_actions).to(device)
     cpu_model = build_model(config, obs_shape, n_actions)  # host copy of the weights for checkpoints
     log = EvaluationLog(run_path)
-    start = time.time()
     conn.send(("evaluator", str(device)))
 
     def evaluate_and_checkpoint(evaluate: bool, should_stop: Callable[[], bool] | None) -> None:
@@ -151,7 +148,7 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
                                     should_stop=should_stop)
             if score is None:  # cut short by the stop signal
                 return
-            log.write(frames, episodes, time.time() - start, score)
+            log.write(frames, episodes, shared.elapsed(), score)
         improved = score is not None and (best_score is None or score.mean_reward > best_score)
         if improved:
             best_score = score.mean_reward

@@ -7,6 +7,7 @@ import csv
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from a3c.config import Config
 
 TRAIN_EPISODES_CSV = "train_episodes.csv"
 EPISODE_FIELDS = ["frames", "worker", "return", "length", "time"]
+EVALUATIONS_CSV = "evaluations.csv"  # written by the evaluator
+EVAL_FIELDS = ["frames", "episodes", "time", "mean_reward", "std_reward", "min_reward", "max_reward",
+               "mean_ep_length", "n_episodes"]
 RECENT_EPISODES = 100
 TENSORBOARD_DIR = "tensorboard"
 
@@ -41,10 +45,14 @@ def _progress_bar(total: int, initial: int, stream: Any) -> Any:
 
 class RunLogger:
     def __init__(self, config: Config, run_dir: Path, initial_frames: int = 0,
-                 tensorboard: bool = True, stream: Any = None) -> None:
+                 elapsed: Callable[[float | None], float] | None = None, tensorboard: bool = True,
+                 stream: Any = None) -> None:
+        """`elapsed(t)`: the run's seconds of training at time.time() t (SharedTraining.elapsed);
+        by default, seconds since this logger started."""
         self.config = config
         self.stream = stream if stream is not None else sys.stdout
-        self.start = time.time()
+        start = time.time()
+        self.elapsed = elapsed or (lambda at=None: (time.time() if at is None else at) - start)
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.recent_lengths: deque[int] = deque(maxlen=RECENT_EPISODES)
         self.last_eval: dict[str, float] | None = None
@@ -75,7 +83,7 @@ class RunLogger:
     def episode(self, frames: int, worker: int, episode_return: float, length: int, end_time: float) -> None:
         self.recent_returns.append(episode_return)
         self.recent_lengths.append(length)
-        self.episodes.writerow([frames, worker, episode_return, length, round(end_time - self.start, 3)])
+        self.episodes.writerow([frames, worker, episode_return, length, round(self.elapsed(end_time), 3)])
 
     def train(self, worker: int, stats: dict[str, float]) -> None:
         self.train_stats[worker] = stats
@@ -104,7 +112,7 @@ class RunLogger:
                                      f"{'-' if recent is None else f'{recent:.1f}'}, eval {evaluation}",
                                      refresh=True)
         else:
-            elapsed = time.strftime("%H:%M:%S", time.gmtime(time.time() - self.start))
+            elapsed = time.strftime("%H:%M:%S", time.gmtime(self.elapsed(None)))
             budget = self.config.total_frames
             print(f"[{elapsed}] frames {frames:,}/{budget:,} ({100 * frames / budget:.1f}%) | "
                   f"{fps:,.0f} fps | episodes {episodes:,} | return(last {len(self.recent_returns)}) "

@@ -1,16 +1,38 @@
-"""`a3c plot`: training return (smoothed) and evaluation mean ± std against frames, one line per run."""
+"""`a3c plot`: training return (smoothed) and evaluation mean ± std of runs, against environment
+frames and against wall-clock seconds, with published scores of the game beside them.
+
+Reads only the run directory's CSV and JSON files: it starts without torch or gymnasium.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from a3c.checkpoint import CheckpointError
-from a3c.evaluator import EVALUATIONS_CSV
-from a3c.logger import TRAIN_EPISODES_CSV
+from a3c.config import ConfigError
+from a3c.logger import EVALUATIONS_CSV, TRAIN_EPISODES_CSV
+
+# Published scores, drawn as dashed lines: (game, label with its source, score). The PPO paper's
+# figures are the mean of the last 100 training episodes after 40 M frames, that is of the sampled
+# policy; the A3C paper's is its human-start evaluation.
+PUBLISHED: dict[str, list[tuple[str, float]]] = {
+    "KungFuMaster": [("A3C FF, 4 days (Mnih et al. 2016, table S3)", 28_819.0),
+                     ("ACER, 40 M frames (Schulman et al. 2017, table 6)", 27_599.0),
+                     ("A2C, 40 M frames (Schulman et al. 2017, table 6)", 24_900.0)],
+    "Pong": [("PPO, 40 M frames (Schulman et al. 2017, table 6)", 20.7),
+             ("A2C, 40 M frames (Schulman et al. 2017, table 6)", 19.7)],
+    "Breakout": [("A2C, 40 M frames (Schulman et al. 2017, table 6)", 303.0),
+                 ("PPO, 40 M frames (Schulman et al. 2017, table 6)", 274.8)],
+}
+
+
+def game_name(env_id: str) -> str:
+    """"ALE/Pong-v5" -> "Pong": the key of PUBLISHED."""
+    return env_id.split("/")[-1].split("-v")[0]
 
 
 def _columns(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -32,40 +54,50 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_runs(run_dirs: Sequence[str | Path], output: str | Path, window: int = 100) -> Path:
-    """Write a PNG comparing the runs; raises CheckpointError for a folder that is not a run."""
+    """Write a PNG comparing the runs; raises ConfigError for a folder that is not a run."""
     try:
         import matplotlib
     except ImportError:
-        raise CheckpointError("plotting needs matplotlib: pip install 'a3c[plot]'") from None
+        raise ConfigError("plotting needs matplotlib: pip install 'a3c[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter
 
-    figure, (train_axis, eval_axis) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
+    figure, axes = plt.subplots(2, 2, figsize=(14, 8), sharey="row")
+    games = set()
     for index, run in enumerate(Path(r) for r in run_dirs):
         if not (run / "config.json").exists():
-            raise CheckpointError(f"{run} is not a run directory (no config.json)")
+            raise ConfigError(f"{run} is not a run directory (no config.json)")
+        games.add(game_name(json.loads((run / "config.json").read_text())["env_id"]))
         color = f"C{index}"
-        train = _columns(run / TRAIN_EPISODES_CSV, ["frames", "return"])
+        train = _columns(run / TRAIN_EPISODES_CSV, ["frames", "return", "time"])
         order = np.argsort(train["frames"], kind="stable")  # workers report out of order
-        if len(order):
-            train_axis.plot(train["frames"][order], smooth(train["return"][order], window), color=color,
-                            label=run.name)
-        evaluation = _columns(run / EVALUATIONS_CSV, ["frames", "mean_reward", "std_reward"])
-        if len(evaluation["frames"]):
-            mean, std = evaluation["mean_reward"], evaluation["std_reward"]
-            eval_axis.plot(evaluation["frames"], mean, marker="o", markersize=3, color=color, label=run.name)
-            eval_axis.fill_between(evaluation["frames"], mean - std, mean + std, color=color, alpha=0.2)
-    train_axis.set_title(f"Training episode return (mean of the last {window} episodes)")
-    train_axis.set_ylabel("return")
-    eval_axis.set_title("Evaluation return (mean ± std over the evaluation episodes)")
-    eval_axis.set_ylabel("return")
-    eval_axis.set_xlabel("environment frames")
-    for axis in (train_axis, eval_axis):
+        evaluation = _columns(run / EVALUATIONS_CSV, ["frames", "time", "mean_reward", "std_reward"])
+        for column, x in enumerate(("frames", "time")):
+            if len(order):
+                axes[0, column].plot(train[x][order], smooth(train["return"][order], window), color=color,
+                                     label=run.name)
+            if len(evaluation["frames"]):
+                mean, std = evaluation["mean_reward"], evaluation["std_reward"]
+                axes[1, column].plot(evaluation[x], mean, marker="o", markersize=3, color=color, label=run.name)
+                axes[1, column].fill_between(evaluation[x], mean - std, mean + std, color=color, alpha=0.2)
+    references = [reference for game in sorted(games) for reference in PUBLISHED.get(game, [])]
+    for axis in axes.flat:
+        for number, (label, score) in enumerate(references):
+            axis.axhline(score, color="0.4", linestyle=("--", ":", "-.")[number % 3], linewidth=1,
+                         label=f"{label}: {score:g}")
+    axes[0, 0].set_title(f"Training episode return (mean of the last {window} episodes)")
+    axes[1, 0].set_title("Evaluation return (mean ± std over the evaluation episodes)")
+    for row in range(2):
+        axes[row, 0].set_ylabel("return")
+        axes[row, 1].set_title(axes[row, 0].get_title())
+    for column, label in enumerate(("environment frames", "wall-clock seconds of training")):
+        axes[1, column].set_xlabel(label)
+    for axis in axes.flat:
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_formatter(EngFormatter())
         if axis.get_legend_handles_labels()[0]:
-            axis.legend(loc="best")
+            axis.legend(loc="best", fontsize="small")
     figure.tight_layout()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

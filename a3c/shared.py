@@ -29,8 +29,19 @@ class SharedTraining:
     frames: torch.Tensor           # int64 per worker slot: environment frames (with frame skip)
     episodes: torch.Tensor         # int64, one element: episodes logged by the parent
     flags: torch.Tensor            # uint8 [STOP, WORKERS_DONE, EVALUATE_AT_END]
-    base_frames: int = 0           # frames and episodes done before a resume
+    base_frames: int = 0           # frames, episodes and seconds of training done before a resume
     base_episodes: int = 0
+    base_seconds: float = 0.0
+    clock_origin: float = 0.0      # time.time() at which the run would have started, had it never paused
+
+    def start_clock(self) -> None:
+        """The parent, as it starts its children: seconds of training count on from base_seconds."""
+        self.clock_origin = time.time() - self.base_seconds
+
+    def elapsed(self, at: float | None = None) -> float:
+        """Seconds of training in the whole run, resumes included, at time.time() `at` (now by
+        default): the time column of the CSVs."""
+        return (time.time() if at is None else at) - self.clock_origin
 
     @classmethod
     def create(cls, model: ActorCritic, config: Config) -> SharedTraining:

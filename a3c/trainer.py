@@ -97,6 +97,7 @@ class Trainer:
             self.shared.optimizer.load_state_dict(resume_payload["optimizer"])
             self.shared.base_frames = int(resume_payload["frames"])
             self.shared.base_episodes = int(resume_payload["episodes"])
+            self.shared.base_seconds = float(resume_payload.get("seconds", 0.0))  # absent in older checkpoints
             best_score = resume_payload.get("best_score")
         self.best_score = best_score
         self.run_dir = run_dir if run_dir is not None else new_run_dir(config)
@@ -238,7 +239,8 @@ class Trainer:
     def run(self) -> int:
         config = self.config
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.log = RunLogger(config, self.run_dir, self.shared.total_frames())
+        self.shared.start_clock()
+        self.log = RunLogger(config, self.run_dir, self.shared.total_frames(), self.shared.elapsed)
         # One intra-op thread in every child: set before their torch import, inherited at spawn.
         os.environ["OMP_NUM_THREADS"] = "1"
         os.environ["MKL_NUM_THREADS"] = "1"

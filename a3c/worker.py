@@ -222,7 +222,7 @@ class Worker:
 
     def _to_training_rewards(self, rewards: np.ndarray) -> None:
         """The game's rewards, in place, to what the learner sees: clipped or scaled."""
-        if self.config.reward_clip:
+        if self.config.training_reward_transform == "clip":
             np.sign(rewards, out=rewards)
         else:
             rewards *= self.config.training_reward_scale

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from a3c.cli import build_parser, settings_from_args
 from a3c.config import Config
-from a3c.evaluator import EVALUATIONS_CSV
+from a3c.logger import EVALUATIONS_CSV
 from a3c.trainer import Trainer
 
 

@@ -253,7 +253,7 @@ worker.close()
     assert float(result.stdout.split()[-1]) < 400
 
 
-@pytest.mark.parametrize("options,expected", [({"reward_scale": 0.25}, 0.25), ({"reward_clip": True, "reward_scale": 0.25}, 1.0)])
+@pytest.mark.parametrize("options,expected", [({"reward_scale": 0.25}, 0.25), ({"reward_transform": "clip", "reward_scale": 0.25}, 1.0)])
 def test_the_rollout_holds_the_training_rewards(options, expected):
     # CartPole pays 1 per step: scaled by reward_scale, or clipped to its sign (scale ignored).
     config = Config(env_id="CartPole-v1", workers=1, envs_per_worker=2, t_max=6, **options)

@@ -1,0 +1,123 @@
+"""What the evaluation measures, and what settings mean: the sampled policy by default, greedy on
+request; Atari rewards clipped by default; settings saved by earlier versions read as they were meant."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from a3c.config import PRESETS, Config
+from a3c.evaluator import evaluate_policy
+from a3c.model import ActorCritic, build_model
+from a3c.shared import SharedTraining
+from a3c.worker import Worker, seed_stream
+from tests.helpers import write_checkpoint
+
+
+class ActionCounter(gym.Env):
+    """Counts the actions it is given; every episode lasts `length` steps."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self, length: int = 200) -> None:
+        self.length, self.steps, self.actions = length, 0, Counter()
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.steps = 0
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action):
+        self.actions[int(action)] += 1
+        self.steps += 1
+        return np.zeros(4, np.float32), 1.0, False, self.steps >= self.length, {}
+
+
+def policy_preferring_action_one() -> ActorCritic:
+    model = ActorCritic((4,), 3, body="mlp")
+    with torch.no_grad():
+        model.policy.weight.zero_()
+        model.policy.bias.copy_(torch.tensor([0.0, 0.5, 0.0]))  # probabilities 0.28, 0.45, 0.28
+    return model
+
+
+@pytest.mark.parametrize("greedy", [False, True], ids=["sampled", "greedy"])
+def test_evaluation_samples_from_the_policy_unless_asked_to_play_greedily(greedy):
+    env = ActionCounter()
+    kwargs = {} if not greedy else {"greedy": True}
+    score = evaluate_policy(policy_preferring_action_one(), env, episodes=3, **kwargs)
+    assert score.n_episodes == 3 and score.mean_reward == 200.0
+    if greedy:
+        assert env.actions == Counter({1: 600})
+    else:  # 600 draws of (0.28, 0.45, 0.28): each share within a few standard deviations
+        shares = [env.actions[a] / 600 for a in range(3)]
+        assert shares[1] == pytest.approx(0.45, abs=0.08)
+        assert shares[0] == pytest.approx(0.275, abs=0.08) and shares[2] == pytest.approx(0.275, abs=0.08)
+
+
+def test_the_trainer_and_a3c_eval_evaluate_the_sampled_policy_by_default(tmp_path):
+    assert Config().eval_greedy is False
+    config = Config(env_id="CartPole-v1")
+    write_checkpoint(tmp_path / "model.pt", config, (4,), 2)
+    for flags, mode in (([], "sampled"), (["--greedy"], "greedy")):
+        result = subprocess.run([sys.executable, "-m", "a3c", "eval", "--checkpoint", str(tmp_path / "model.pt"),
+                                 "--episodes", "1", "--device", "cpu", *flags],
+                                check=False, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert f"{mode} actions" in result.stdout
+
+
+def test_atari_rewards_are_clipped_to_their_sign_by_default():
+    # Pong pays +-1 a point: clipped, they reach the learner as they are (the seed's 0.01 scaling
+    # made a point weigh less than the entropy bonus); KungFuMaster's hundreds become 1.
+    for env_id in ("ALE/Pong-v5", "ALE/KungFuMaster-v5"):
+        assert Config(env_id=env_id).training_reward_transform == "clip"
+    assert Config(env_id="CartPole-v1").training_reward_transform == "scale"
+    assert Config(env_id="CartPole-v1").training_reward_scale == 1.0
+    seed = Config(env_id="ALE/Pong-v5", **PRESETS["seed"])
+    assert (seed.training_reward_transform, seed.training_reward_scale) == ("scale", 0.01)
+
+
+@pytest.mark.parametrize("preset,expected", [(None, 1.0), ("seed", 0.01)])
+def test_a_pong_worker_hands_the_learner_the_chosen_transform_of_the_points(preset, expected):
+    settings = PRESETS[preset] if preset else {}
+    config = Config(**{**settings, "env_id": "ALE/Pong-v5", "workers": 1, "envs_per_worker": 1,
+                       "t_max": 100, "screen_size": 42, "body": "seed"})
+    shared = SharedTraining.create(build_model(config, (4, 42, 42), 6), config)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    try:
+        for _ in range(20):  # a random policy loses a point every hundred steps or so
+            before = worker.episode_returns[0]
+            rollout = worker.collect()
+            if rollout.ended.any() or not rollout.rewards.any():
+                continue
+            game_points = worker.episode_returns[0] - before
+            points = torch.tensor([-expected, 0.0, expected], dtype=rollout.rewards.dtype)
+            assert torch.isin(rollout.rewards, points).all(), rollout.rewards.unique()
+            assert float(rollout.rewards.sum()) == pytest.approx(expected * game_points)
+            return
+        pytest.fail("no point scored in 2,000 steps of Pong")
+    finally:
+        worker.close()
+
+
+def test_a_configuration_saved_by_an_earlier_version_keeps_its_meaning(tmp_path):
+    # As written by the version whose defaults were one environment per worker, t_max 20, lr 1e-4,
+    # scaled rewards and greedy evaluation.
+    saved = {**Config().to_dict(), "envs_per_worker": 1, "t_max": 20, "lr": 1e-4, "eval_greedy": True,
+             "reward_scale": None}
+    del saved["reward_transform"]
+    for clip, transform, scale in ((False, "scale", 0.01), (True, "clip", 1.0)):
+        (tmp_path / "config.json").write_text(json.dumps({**saved, "reward_clip": clip}))
+        config = Config.from_dict(json.loads((tmp_path / "config.json").read_text()))
+        assert (config.training_reward_transform, config.training_reward_scale) == (transform, scale)
+        assert config.eval_greedy is True
+        assert (config.envs_per_worker, config.t_max, config.lr) == (1, 20, 1e-4)
