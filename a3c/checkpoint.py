@@ -1,11 +1,18 @@
-"""Checkpoints: written atomically, loaded with clear errors, found from a run directory."""
+"""The run directory: checkpoints written atomically and loaded with clear errors, found from a
+run directory; the lock that keeps a second trainer out of a live run; and the one error that every
+file a run writes turns into when the disk will not take it."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 FORMAT = "a3c-checkpoint"
 VERSION = 1
@@ -14,31 +21,88 @@ LATEST = "latest.pt"
 BEST = "best.pt"
 
 
+LOCK_FILE = ".lock"
+
+
 class CheckpointError(Exception):
     """A checkpoint or run directory that cannot be used; the message says why."""
+
+
+class RunWriteError(Exception):
+    """A file of the run could not be written (a full disk, say). The run stops at once: its last
+    good checkpoint stays, and it resumes once the file can be written."""
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an OSError while writing `path` into a RunWriteError that names the file and the cause."""
+    try:
+        yield
+    except OSError as error:
+        raise RunWriteError(write_failure(path, error)) from None
+
+
+def write_failure(path: str | Path, error: OSError) -> str:
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (f"cannot write {path}: {error.strerror or error}"
+            + (" (the disk is full: free some space, then --resume the run)" if full else ""))
+
+
+def lock_run_dir(run_dir: Path) -> IO[str]:
+    """Hold `run_dir` for this process with an advisory lock (flock) on a file in it, which the
+    operating system releases when the process ends however it ends, so a killed run never leaves a
+    stale lock. Raises CheckpointError naming the holder's pid if another process holds it. Keep
+    the returned file open for as long as the run lasts."""
+    path = run_dir / LOCK_FILE
+    with writing(path):
+        lock = open(path, "a+")  # noqa: SIM115 -- held open for the whole run
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise CheckpointError(f"run directory {run_dir} is in use by another trainer (pid {holder}); "
+                              "wait for it to end, or stop it first") from None
+    try:
+        with writing(path):
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+    except RunWriteError:
+        lock.close()
+        raise
+    return lock
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`, so a crash
     at any moment leaves either the old checkpoint or the new one, never a broken file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     import torch  # here, not at the top: `a3c plot` finds runs without loading torch
 
+    # Serialised in memory first: torch.save into a file turns a full disk into an opaque
+    # RuntimeError, a plain write gives the OSError that says what happened.
+    data = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, data)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    with writing(path):
+        try:
+            with open(temporary, "wb") as f:
+                f.write(data.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -13,7 +13,9 @@ from typing import Any
 from a3c.checkpoint import (
     LATEST,
     CheckpointError,
+    RunWriteError,
     load_checkpoint,
+    lock_run_dir,
     newest_run,
     resolve_checkpoint,
 )
@@ -105,13 +107,19 @@ def command_train(args: argparse.Namespace) -> int:
         overrides = {**PRESETS[args.preset], **overrides}
     if args.resume:
         checkpoint_path = resolve_checkpoint(args.resume, LATEST)
-        payload = load_checkpoint(checkpoint_path)
-        config = resume_config(payload["config"], overrides)
-        validate(config)
-        _check_matches_env(config, payload, checkpoint_path)
         run_dir = checkpoint_path.parent.parent
+        # Locked before the checkpoint is read: a trainer still running there may write a newer one.
+        run_lock = lock_run_dir(run_dir)
+        try:
+            payload = load_checkpoint(checkpoint_path)
+            config = resume_config(payload["config"], overrides)
+            validate(config)
+            _check_matches_env(config, payload, checkpoint_path)
+        except BaseException:
+            run_lock.close()
+            raise
         print(f"resuming {run_dir} from {checkpoint_path} at {payload['frames']:,} frames", flush=True)
-        return train(config, payload, run_dir)
+        return train(config, payload, run_dir, run_lock)
     config = Config.from_dict(overrides)
     validate(config)
     return train(config)
@@ -228,3 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CheckpointError) as error:
         print(f"a3c: error: {error}", file=sys.stderr)
         return 2
+    except RunWriteError as error:  # a full disk, say: nothing the user typed was wrong
+        print(f"a3c: error: {error}", file=sys.stderr)
+        return 1

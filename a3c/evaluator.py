@@ -3,6 +3,7 @@ keeps the latest and the best checkpoints. Runs on CUDA when asked and available
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -16,7 +17,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from a3c.checkpoint import BEST, CHECKPOINT_DIR, LATEST, save_checkpoint
+from a3c.checkpoint import (
+    BEST,
+    CHECKPOINT_DIR,
+    LATEST,
+    RunWriteError,
+    save_checkpoint,
+    writing,
+)
 from a3c.config import Config
 from a3c.envs import make_env
 from a3c.logger import EVAL_FIELDS, EVALUATIONS_CSV
@@ -93,19 +101,24 @@ class EvaluationLog:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / EVALUATIONS_CSV
-        new = not self.path.exists()
-        self.file = open(self.path, "a", newline="")  # noqa: SIM115 -- open for the whole run
-        self.writer = csv.DictWriter(self.file, EVAL_FIELDS)
-        if new:
-            self.writer.writeheader()
+        with writing(self.path):
+            new = not self.path.exists()
+            self.file = open(self.path, "a", newline="")  # noqa: SIM115 -- open for the whole run
+            self.writer = csv.DictWriter(self.file, EVAL_FIELDS)
+            if new:
+                self.writer.writeheader()
 
     def write(self, frames: int, episodes: int, elapsed: float, score: Score) -> None:
-        self.writer.writerow({"frames": frames, "episodes": episodes, "time": round(elapsed, 2),
-                              **asdict(score)})
-        self.file.flush()
+        with writing(self.path):
+            self.writer.writerow({"frames": frames, "episodes": episodes, "time": round(elapsed, 2),
+                                  **asdict(score)})
+            self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # a row that a full disk would not take: reported when it was written
+            pass
 
 
 def checkpoint_payload(config: Config, shared: SharedTraining, model_state: dict[str, torch.Tensor],
@@ -129,8 +142,7 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
     env = make_env(config)
     model = build_model(config, obs_shape, n_actions).to(device)
     cpu_model = build_model(config, obs_shape, n_actions)  # host copy of the weights for checkpoints
-    log = EvaluationLog(run_path)
-    conn.send(("evaluator", str(device)))
+    log: EvaluationLog | None = None
 
     def evaluate_and_checkpoint(evaluate: bool, should_stop: Callable[[], bool] | None) -> None:
         nonlocal best_score
@@ -161,6 +173,8 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
             conn.send(("eval", frames, asdict(score), improved))
 
     try:
+        log = EvaluationLog(run_path)
+        conn.send(("evaluator", str(device)))
         last_time, last_frames = time.time(), shared.total_frames()
         while not shared.wait_flag(STOP, timeout=min(config.eval_interval, 0.2)):
             if os.getppid() != parent_pid:
@@ -176,7 +190,14 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
             if os.getppid() != parent_pid:
                 return
         evaluate_and_checkpoint(shared.flag(EVALUATE_AT_END), None)
+    except RunWriteError as error:  # the parent stops the run; a full disk is no fault of this process
+        with contextlib.suppress(OSError):
+            conn.send(("write_failed", str(error)))
+    except OSError:  # BrokenPipeError and the like: the parent is gone, so end quietly
+        if os.getppid() == parent_pid:
+            raise
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         env.close()
         conn.close()

@@ -1,10 +1,15 @@
 """What a run reports: train_episodes.csv (always), the console (a progress bar on a terminal,
-plain status lines otherwise), and TensorBoard when it is installed. Only the parent writes here."""
+plain status lines otherwise), and TensorBoard when it is installed. Only the parent writes here.
+
+A file that cannot be written (a full disk) never raises here: the first failure is kept in
+`write_error`, files are left alone from then on, and the trainer stops the run with that line.
+"""
 
 from __future__ import annotations
 
 import csv
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -13,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from a3c.checkpoint import write_failure
 from a3c.config import Config
 
 TRAIN_EPISODES_CSV = "train_episodes.csv"
@@ -57,17 +63,54 @@ class RunLogger:
         self.recent_lengths: deque[int] = deque(maxlen=RECENT_EPISODES)
         self.last_eval: dict[str, float] | None = None
         self.train_stats: dict[int, dict[str, float]] = {}  # latest report of each worker
-        path = run_dir / TRAIN_EPISODES_CSV
-        new = not path.exists()
-        self.episodes_file = open(path, "a", newline="")  # noqa: SIM115 -- open for the whole run
+        self.write_error: str | None = None
+        self.episodes_file: Any = None
+        self.tensorboard: Any = None
+        self.previous_excepthook: Any = None
+        self.bar = _progress_bar(config.total_frames, initial_frames, self.stream)
+        self.bar_frames = initial_frames
+        self.episodes_path = run_dir / TRAIN_EPISODES_CSV
+        self.tensorboard_dir = run_dir / TENSORBOARD_DIR
+        self._write(self.episodes_path, self._open_episodes)
+        if tensorboard:
+            self._write(self.tensorboard_dir, self._open_tensorboard)
+
+    def _write(self, path: Path, action: Callable[[], Any]) -> None:
+        """Run `action`, which writes `path`, unless a write has failed already; keep the first
+        OSError as write_error."""
+        if self.write_error is not None:
+            return
+        try:
+            action()
+        except OSError as error:
+            self.write_error = write_failure(path, error)
+
+    def _open_episodes(self) -> None:
+        new = not self.episodes_path.exists()
+        self.episodes_file = open(self.episodes_path, "a", newline="")  # noqa: SIM115 -- open for the run
         self.episodes = csv.writer(self.episodes_file)
         if new:
             self.episodes.writerow(EPISODE_FIELDS)
-        self.tensorboard = _tensorboard_writer(run_dir / TENSORBOARD_DIR) if tensorboard else None
+
+    def _open_tensorboard(self) -> None:
+        self._catch_writer_thread_errors()  # before the writer starts its thread
+        self.tensorboard = _tensorboard_writer(self.tensorboard_dir)
         if self.tensorboard is not None:
             self._log_hyperparameters()
-        self.bar = _progress_bar(config.total_frames, initial_frames, self.stream)
-        self.bar_frames = initial_frames
+
+    def _catch_writer_thread_errors(self) -> None:
+        """TensorBoard writes from a thread of its own, which re-raises a failed write there: keep it
+        as this run's write error instead of a traceback on the console."""
+        previous = self.previous_excepthook = threading.excepthook
+
+        def hook(args: threading.ExceptHookArgs) -> None:
+            if isinstance(args.exc_value, OSError):
+                if self.write_error is None:
+                    self.write_error = write_failure(self.tensorboard_dir, args.exc_value)
+            else:
+                previous(args)
+
+        threading.excepthook = hook
 
     def _log_hyperparameters(self) -> None:
         rows = "\n".join(f"| {k} | {v} |" for k, v in self.config.to_dict().items())
@@ -83,7 +126,8 @@ class RunLogger:
     def episode(self, frames: int, worker: int, episode_return: float, length: int, end_time: float) -> None:
         self.recent_returns.append(episode_return)
         self.recent_lengths.append(length)
-        self.episodes.writerow([frames, worker, episode_return, length, round(self.elapsed(end_time), 3)])
+        row = [frames, worker, episode_return, length, round(self.elapsed(end_time), 3)]
+        self._write(self.episodes_path, lambda: self.episodes.writerow(row))
 
     def train(self, worker: int, stats: dict[str, float]) -> None:
         self.train_stats[worker] = stats
@@ -95,9 +139,11 @@ class RunLogger:
                      f"over {score['n_episodes']} episodes, min {score['min_reward']:.1f}, "
                      f"max {score['max_reward']:.1f}, mean length {score['mean_ep_length']:.1f}{mark}")
         if self.tensorboard is not None:
-            self.tensorboard.add_scalar("eval/mean_reward", score["mean_reward"], frames)
-            self.tensorboard.add_scalar("eval/std_reward", score["std_reward"], frames)
-            self.tensorboard.add_scalar("eval/mean_ep_length", score["mean_ep_length"], frames)
+            self._write(self.tensorboard_dir, lambda: self._write_evaluation_scalars(frames, score))
+
+    def _write_evaluation_scalars(self, frames: int, score: dict[str, float]) -> None:
+        for key in ("mean_reward", "std_reward", "mean_ep_length"):
+            self.tensorboard.add_scalar(f"eval/{key}", score[key], frames)
 
     def status(self, frames: int, episodes: int, fps: float, rss_bytes: int) -> None:
         """Every status interval: the bar (or a plain line), TensorBoard scalars, a CSV flush."""
@@ -118,9 +164,9 @@ class RunLogger:
                   f"{fps:,.0f} fps | episodes {episodes:,} | return(last {len(self.recent_returns)}) "
                   f"{'-' if recent is None else f'{recent:.1f}'} | eval {evaluation} | "
                   f"mem {rss_bytes / 2**20:,.0f} MiB", file=self.stream, flush=True)
-        self.episodes_file.flush()
+        self._write(self.episodes_path, self.episodes_file.flush)
         if self.tensorboard is not None:
-            self._write_scalars(frames, fps, recent)
+            self._write(self.tensorboard_dir, lambda: self._write_scalars(frames, fps, recent))
 
     def _write_scalars(self, frames: int, fps: float, recent: float | None) -> None:
         board = self.tensorboard
@@ -137,6 +183,11 @@ class RunLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        self.episodes_file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        for path, file in ((self.episodes_path, self.episodes_file), (self.tensorboard_dir, self.tensorboard)):
+            if file is not None:
+                try:
+                    file.close()
+                except OSError as error:  # the last buffered rows; the run has stopped already
+                    self.write_error = self.write_error or write_failure(path, error)
+        if self.previous_excepthook is not None:
+            threading.excepthook = self.previous_excepthook

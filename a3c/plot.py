@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from a3c.checkpoint import writing
 from a3c.config import ConfigError
 from a3c.logger import EVALUATIONS_CSV, TRAIN_EPISODES_CSV
 
@@ -100,7 +101,10 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path, window: int = 
             axis.legend(loc="best", fontsize="small")
     figure.tight_layout()
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=100)
-    plt.close(figure)
+    try:
+        with writing(output):
+            output.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(output, dpi=100)
+    finally:
+        plt.close(figure)
     return output

@@ -3,23 +3,31 @@ log, and stop cleanly. The parent never computes gradients and never touches CUD
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 import torch
 import torch.multiprocessing as mp
 
-from a3c.checkpoint import CheckpointError
+from a3c.checkpoint import (
+    CheckpointError,
+    RunWriteError,
+    lock_run_dir,
+    write_failure,
+    writing,
+)
 from a3c.config import Config, ConfigError, validate
 from a3c.envs import env_spaces
 from a3c.evaluator import run_evaluator
@@ -55,14 +63,44 @@ def new_run_dir(config: Config) -> Path:
     root = Path(config.runs_dir)
     path = root / name
     suffix = 1
-    while path.exists():
-        suffix += 1
-        path = root / f"{name}-{suffix}"
-    try:
-        path.mkdir(parents=True)
-    except OSError as error:
-        raise ConfigError(f"cannot create run directory {path}: {error.strerror}") from None
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)  # atomic: two trainers never get the same new directory
+            return path
+        except FileExistsError:
+            suffix += 1
+            path = root / f"{name}-{suffix}"
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RunWriteError(write_failure(path, error)) from None
+            raise ConfigError(f"cannot create run directory {path}: {error.strerror}") from None
+
+
+def check_model_fits(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> None:
+    """Build the model and run one observation through it in the parent, so that settings that
+    cannot produce a model (a screen too small for the body's convolutions, say) are refused before
+    any process starts or any file is written. The error names the smallest screen_size that works."""
+    def works(settings: Config, shape: tuple[int, ...]) -> bool:
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # torch's note on the zero-size layers of a misfit
+                model = build_model(settings, shape, n_actions)
+                model(torch.zeros((1, *shape), dtype=torch.uint8 if model.is_image else torch.float32),
+                      model.initial_state(1))
+            return True
+        except (RuntimeError, ValueError):
+            return False
+
+    if works(config, obs_shape):
+        return
+    if len(obs_shape) == 3:  # frames: find the smallest screen that the body takes
+        smallest = next((size for size in range(config.screen_size + 1, 1024)
+                         if works(replace(config, screen_size=size), (obs_shape[0], size, size))), None)
+        if smallest is not None:
+            raise ConfigError(f"screen_size {config.screen_size} is too small for the {config.model_body} "
+                              f"body's convolutions: the smallest that works is {smallest}")
+    raise ConfigError(f"these settings give no working model for {config.env_id} "
+                      f"(observations {obs_shape}, body {config.model_body})")
 
 
 @dataclass
@@ -77,13 +115,16 @@ class Child:
 class Trainer:
     def __init__(self, config: Config, resume_payload: dict[str, Any] | None = None,
                  run_dir: Path | None = None, evaluator: bool = True,
-                 on_tick: Callable[[float, int], None] | None = None) -> None:
+                 on_tick: Callable[[float, int], None] | None = None, run_lock: IO[str] | None = None) -> None:
+        """`run_lock`: the lock of `run_dir` (lock_run_dir), where the caller took it before reading
+        the checkpoint it resumes from; taken here otherwise."""
         validate(config)
         self.config = config
         self.with_evaluator = evaluator
         self.on_tick = on_tick  # called with (time, total frames) at every tick: benchmarks
         self.obs_shape, self.n_actions = env_spaces(config)
         self.context = mp.get_context(START_METHOD)
+        check_model_fits(config, self.obs_shape, self.n_actions)
         model = build_model(config, self.obs_shape, self.n_actions)
         best_score = None
         if resume_payload is not None:
@@ -101,7 +142,13 @@ class Trainer:
             best_score = resume_payload.get("best_score")
         self.best_score = best_score
         self.run_dir = run_dir if run_dir is not None else new_run_dir(config)
-        config.save(str(self.run_dir / "config.json"))
+        self.run_lock = run_lock if run_lock is not None else lock_run_dir(self.run_dir)
+        try:
+            with writing(self.run_dir / "config.json"):
+                config.save(str(self.run_dir / "config.json"))
+        except RunWriteError:
+            self.run_lock.close()
+            raise
         self.children: list[Child] = []
         self.skipped_updates = 0
         self.deaths: deque = deque()
@@ -174,6 +221,8 @@ class Trainer:
         elif kind == "nonfinite":
             self._print(f"evaluator: the shared model is non-finite at {message[1]:,} frames; "
                         "no checkpoint written")
+        elif kind == "write_failed":  # the evaluator could not write a checkpoint or its CSV
+            self._fail_on_write(message[1])
         elif kind == "skipped":
             self.skipped_updates += 1
             self._print(f"worker {message[1]}: skipped an update with a non-finite loss or gradient "
@@ -181,6 +230,12 @@ class Trainer:
 
     def _print(self, text: str) -> None:
         self.log.message(text)
+
+    def _fail_on_write(self, reason: str) -> None:
+        """A file of the run could not be written: stop now, replace nobody (it is no process's
+        fault), and keep the checkpoints already written."""
+        if self.outcome is None:
+            self.outcome = (EXIT_FAILED, reason)
 
     # -- supervision -------------------------------------------------------------------------
     def _replace_dead(self) -> None:
@@ -194,6 +249,8 @@ class Trainer:
             self._read_all(child.conn)  # what it sent before it died still counts
             child.conn.close()
             child.process.join()
+            if self.outcome is not None:  # it exited because the run is stopping (a failed write)
+                continue
             now = time.time()
             self.deaths.append(now)
             while self.deaths and now - self.deaths[0] > self.config.death_window:
@@ -219,7 +276,9 @@ class Trainer:
     def _check_stop(self, start: float) -> None:
         if self.outcome is not None:
             return
-        if self.signals:
+        if self.log.write_error is not None:
+            self._fail_on_write(self.log.write_error)
+        elif self.signals:
             code = EXIT_INTERRUPTED if self.signals[0] == signal.SIGINT else EXIT_TERMINATED
             self.outcome = (code, f"stopped by {signal.Signals(self.signals[0]).name}")
         elif self.shared.budget_reached(self.config):
@@ -269,7 +328,10 @@ class Trainer:
                     self.log.status(frames, self.shared.total_episodes(), fps, resident_memory())
                     last_status, last_frames = now, frames
             code, reason = self.outcome
-            self._print(f"stopping: {reason}")
+            if code == EXIT_FAILED:  # the one line that says what went wrong, as it happens
+                print(f"error: {reason}", file=sys.stderr, flush=True)
+            else:
+                self._print(f"stopping: {reason}")
             # A failed run keeps its last good checkpoint; a signal gets a checkpoint without
             # the final evaluation, so that it ends within seconds.
             self._shutdown(final_checkpoint=code != EXIT_FAILED, final_evaluation=code == EXIT_OK)
@@ -277,12 +339,11 @@ class Trainer:
             self.log.status(frames, self.shared.total_episodes(), (frames - start_frames) / elapsed,
                             resident_memory())
             self._print(f"done: {frames:,} frames in {elapsed:.1f} s; run directory {self.run_dir}")
-            if code == EXIT_FAILED:
-                print(f"error: {reason}", file=sys.stderr, flush=True)
             return code
         finally:
             self._kill_all()
             self.log.close()
+            self.run_lock.close()  # the run directory is free for a --resume
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
@@ -328,6 +389,7 @@ class Trainer:
             child.conn.close()
 
 
-def train(config: Config, resume_payload: dict[str, Any] | None = None, run_dir: Path | None = None) -> int:
+def train(config: Config, resume_payload: dict[str, Any] | None = None, run_dir: Path | None = None,
+          run_lock: IO[str] | None = None) -> int:
     """Train until the frame budget, the time limit, a signal or a failure; return the exit code."""
-    return Trainer(config, resume_payload, run_dir).run()
+    return Trainer(config, resume_payload, run_dir, run_lock=run_lock).run()

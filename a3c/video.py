@@ -7,15 +7,26 @@ OpenCV, already a dependency, writes the files (MPEG-4 Part 2, 'mp4v').
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 
 import cv2
 import gymnasium as gym
 import numpy as np
 
+from a3c.checkpoint import RunWriteError, write_failure, writing
 from a3c.envs import AtariEnv
 
 ATARI_FPS = 60
+MIN_FREE_BYTES = 1 << 20  # less room than this after a video was written: it was cut short
+
+
+def _video_failure(path: Path) -> str:
+    if shutil.disk_usage(path.parent).free < MIN_FREE_BYTES:
+        return write_failure(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    return f"cannot write {path}: OpenCV could not write the video"
 
 
 class VideoRecorder:
@@ -24,7 +35,8 @@ class VideoRecorder:
     def __init__(self, env: gym.Env, directory: str | Path, prefix: str = "episode", scale: int = 2) -> None:
         self.env = env
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        with writing(self.directory):
+            self.directory.mkdir(parents=True, exist_ok=True)
         self.prefix, self.scale = prefix, scale
         self.atari = isinstance(env.unwrapped, AtariEnv)
         self.fps = ATARI_FPS if self.atari else int(env.metadata.get("render_fps", 30))
@@ -57,6 +69,9 @@ class VideoRecorder:
             height, width = rgb.shape[:2]
             self.writer = cv2.VideoWriter(str(self.paths[-1]), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                           (width, height))
+            if not self.writer.isOpened():
+                self.writer = None
+                raise RunWriteError(_video_failure(self.paths[-1]))
         self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         self.frames[-1] += 1
 
@@ -64,6 +79,10 @@ class VideoRecorder:
         if self.writer is not None:
             self.writer.release()
             self.writer = None
+            path = self.paths[-1]
+            # OpenCV reports no failed write: a missing or empty file, or a full disk, tells.
+            if not path.exists() or path.stat().st_size == 0 or shutil.disk_usage(path.parent).free < MIN_FREE_BYTES:
+                raise RunWriteError(_video_failure(path))
 
     def close(self) -> None:
         self._finish()

@@ -361,6 +361,9 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
                 break
         if recent:  # what is left, so that even a short run reports its losses
             report(recent)
+    except OSError:  # BrokenPipeError and the like: the parent is gone, so end quietly
+        if os.getppid() == parent_pid:
+            raise
     finally:
         worker.close()
         conn.close()

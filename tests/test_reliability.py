@@ -6,20 +6,23 @@ import csv
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
 
-from a3c.checkpoint import load_checkpoint, save_checkpoint
+from a3c.checkpoint import RunWriteError, load_checkpoint, save_checkpoint
+from a3c.cli import main
 from a3c.config import Config
 from a3c.model import build_model
 from a3c.shared import SharedTraining
 from a3c.trainer import Trainer
 from a3c.worker import Worker, seed_stream
 from tests.conftest import _torch_segments
-from tests.helpers import TrainProcess
+from tests.helpers import TrainProcess, write_checkpoint
 
 CARTPOLE = ["--env-id", "CartPole-v1", "--workers", "2", "--lr", "1e-3", "--status-interval", "0.5",
             "--eval-episodes", "2"]
@@ -167,9 +170,138 @@ def test_children_exit_when_the_parent_is_killed(train_process):
     assert len(children) == 3  # two workers and the evaluator
     run.process.kill()
     run.process.wait(timeout=30)
-    for pid in children:
+    _children_exit(run)
+    assert run.alive_pids() == []
+    run.finish()  # everything the children printed on their way out
+    assert not [line for line in run.lines if "Traceback" in line or "Error" in line], run.lines[-20:]
+
+
+def _children_exit(run: TrainProcess) -> None:
+    for pid in run.pids - {run.process.pid}:
         try:
             psutil.Process(pid).wait(timeout=30)  # they notice the parent is gone and exit
         except psutil.NoSuchProcess:
             pass
+
+
+def _a3c(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "a3c", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+def test_a_second_trainer_is_refused_while_the_run_lives_and_taken_after_a_sigkill(train_process, tmp_path):
+    run = train_process("--total-frames", "100000000", "--eval-interval", "0.5")
+    run.wait_for(r"eval at")
+    second = _a3c("train", "--resume", str(tmp_path / "run"), cwd=tmp_path)
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.splitlines() == [
+        (f"a3c: error: run directory {tmp_path / 'run'} is in use by another trainer (pid {run.process.pid}); "
+        "wait for it to end, or stop it first")]
+    assert "Traceback" not in second.stdout + second.stderr
+    run.wait_for(r"eval at")  # the first run goes on unharmed
+    assert run.process.poll() is None
+    run.process.kill()  # the operating system releases its lock
+    run.process.wait(timeout=30)
+    _children_exit(run)
+    frames = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["frames"]
+    third = _a3c("train", "--resume", str(tmp_path / "run"), "--total-frames", str(frames + 2000), cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert f"at {frames:,} frames" in third.stdout
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["frames"] >= frames + 2000
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs, where this test may mount one (root with CAP_SYS_ADMIN)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True,
+                            text=True, check=False)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here to fill: {result.stderr.strip() or result.returncode}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to write at close
+        for chunk in (1 << 20, 512):  # then the last partial page too
+            try:
+                while f.write(b"\0" * chunk):
+                    pass
+            except OSError:
+                pass
+    return filler
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes_once_there_is_room(small_disk):
+    run = TrainProcess([*CARTPOLE, "--total-frames", "100000000", "--eval-interval", "0.5",
+                        "--runs-dir", str(small_disk), "--run-name", "run"], small_disk)
+    try:
+        run.wait_for(r"eval at")
+        filler = _fill(small_disk)
+        assert run.finish(timeout=120) == 1
+    finally:
+        if run.process.poll() is None:
+            run.kill_all()
+    output = "\n".join(run.lines)
+    assert "Traceback" not in output, output
+    full = [line for line in run.lines if "No space left on device" in line]
+    assert len(full) == 1 and full[0].startswith(f"error: cannot write {small_disk / 'run'}"), output
+    assert "the disk is full" in full[0]
+    assert "died" not in output and "replaced by" not in output  # a full disk is no process's fault
     assert run.alive_pids() == []
+    latest = load_checkpoint(small_disk / "run" / "checkpoints" / "latest.pt")
+    # Resuming into the full disk: one line, no traceback.
+    refused = _a3c("train", "--resume", str(small_disk / "run"), "--total-frames", str(latest["frames"] + 2000),
+                   cwd=small_disk)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr + refused.stdout
+    assert len(refused.stderr.splitlines()) == 1 and "No space left on device" in refused.stderr
+    filler.unlink()
+    resumed = _a3c("train", "--resume", str(small_disk / "run"), "--total-frames", str(latest["frames"] + 2000),
+                   cwd=small_disk)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(small_disk / "run" / "checkpoints" / "latest.pt")["frames"] >= latest["frames"] + 2000
+
+
+def test_a_checkpoint_write_that_hits_a_full_disk_names_it_and_keeps_the_previous_one(small_disk):
+    path = small_disk / "latest.pt"
+    save_checkpoint(path, {"frames": 1, "model": {"w": torch.arange(1000.0)}})
+    _fill(small_disk)
+    with pytest.raises(RunWriteError, match=r"cannot write .*latest.pt: No space left on device \(the disk is full"):
+        save_checkpoint(path, {"frames": 2, "model": {"w": torch.zeros(4_000_000)}})
+    assert load_checkpoint(path)["frames"] == 1
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "latest.pt"]
+
+
+@pytest.mark.parametrize("body,smallest", [("seed", 15), ("nature", 20)])
+def test_a_screen_too_small_for_the_body_is_refused_before_anything_starts(body, smallest, tmp_path):
+    for size, works in ((smallest - 1, False), (smallest, True)):
+        result = _a3c("train", "--body", body, "--screen-size", str(size), "--total-frames", "1",
+                      "--workers", "1", "--envs-per-worker", "1", "--eval-episodes", "1",
+                      "--runs-dir", str(tmp_path / f"runs-{size}"), cwd=tmp_path)
+        if works:
+            assert result.returncode == 0, result.stderr
+        else:
+            assert result.returncode == 2
+            assert result.stderr.splitlines() == [
+                (f"a3c: error: screen_size {size} is too small for the {body} body's convolutions: "
+                f"the smallest that works is {smallest}")]
+            assert "started" not in result.stdout
+            assert not (tmp_path / f"runs-{size}").exists()
+
+
+def test_videos_and_plots_on_a_full_disk_end_with_one_line(small_disk, capsys):
+    config = Config(max_episode_frames=400)  # an untrained KungFuMaster model, a short episode
+    run_dir = small_disk / "run"
+    write_checkpoint(run_dir / "checkpoints" / "best.pt", config, (4, config.screen_size, config.screen_size), 14)
+    config.save(str(run_dir / "config.json"))
+    _fill(small_disk)
+    assert main(["eval", "--run", str(run_dir), "--episodes", "1", "--video", "--device", "cpu"]) == 1
+    assert main(["plot", str(run_dir), "--output", str(small_disk / "plots" / "plot.png")]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and all("No space left on device (the disk is full" in line for line in errors), errors
+    assert f"cannot write {run_dir / 'videos'}" in errors[0] and f"cannot write {small_disk / 'plots'}" in errors[1]
