@@ -9,10 +9,17 @@ import fcntl
 import io
 import os
 import pickle
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch loads only where a checkpoint is written or read
+    import torch
+
+    from a3c.config import Config
+    from a3c.shared import SharedTraining
 
 FORMAT = "a3c-checkpoint"
 VERSION = 1
@@ -74,6 +81,43 @@ def lock_run_dir(run_dir: Path) -> IO[str]:
         lock.close()
         raise
     return lock
+
+
+def checkpoint_payload(config: Config, shared: SharedTraining, model_state: dict[str, torch.Tensor],
+                       obs_shape: tuple[int, ...], n_actions: int, frames: int, episodes: int,
+                       score: dict[str, float] | None, best_score: float | None) -> dict[str, Any]:
+    """Everything a run needs to go on: the model, the shared Adam's state (moments and step counts),
+    the counters, the configuration, and the evaluation that came with it."""
+    return {"config": config.to_dict(), "obs_shape": list(obs_shape), "n_actions": n_actions,
+            "model": model_state, "optimizer": shared.optimizer.state_dict(), "frames": frames,
+            "episodes": episodes, "score": score, "best_score": best_score, "seconds": shared.elapsed(),
+            "saved_at": time.time()}
+
+
+def check_fits(payload: dict[str, Any], obs_shape: tuple[int, ...], n_actions: int, path: str | Path) -> None:
+    """Refuse a checkpoint made for another environment's observations or actions."""
+    if list(obs_shape) != list(payload["obs_shape"]) or n_actions != payload["n_actions"]:
+        raise CheckpointError(
+            f"checkpoint {path} was made for observations {tuple(payload['obs_shape'])} and "
+            f"{payload['n_actions']} actions, but {payload['config']['env_id']} gives {obs_shape} and {n_actions}")
+
+
+def restore_model(model: torch.nn.Module, payload: dict[str, Any], path: str | Path) -> None:
+    """Load the checkpoint's weights into `model`, or say in one line why they do not fit it."""
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} does not fit its model: "
+                              f"{str(error).splitlines()[0]}") from None
+
+
+def restore_training(shared: SharedTraining, payload: dict[str, Any]) -> None:
+    """The shared Adam's state (kept in shared memory: see SharedAdam.load_state_dict) and the
+    counters of a resumed run; the weights come with the model (restore_model)."""
+    shared.optimizer.load_state_dict(payload["optimizer"])
+    shared.base_frames = int(payload["frames"])
+    shared.base_episodes = int(payload["episodes"])
+    shared.base_seconds = float(payload.get("seconds", 0.0))  # absent in older checkpoints
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

@@ -11,18 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from a3c.checkpoint import (
-    LATEST,
     CheckpointError,
     RunWriteError,
-    load_checkpoint,
-    lock_run_dir,
     newest_run,
-    resolve_checkpoint,
 )
-from a3c.config import PRESETS, Config, ConfigError, validate
-
-# Settings a resumed run cannot change: they fix the environment's spaces or the model's shape.
-FIXED_ON_RESUME = ("env_id", "body", "lstm", "mlp_hidden", "screen_size", "frame_stack")
+from a3c.config import PRESETS, Config, ConfigError
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,18 +80,8 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
-def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> Config:
-    changed = [k for k in FIXED_ON_RESUME if k in overrides and overrides[k] != saved.get(k)]
-    if changed:
-        detail = ", ".join(f"{k} {saved.get(k)!r} -> {overrides[k]!r}" for k in changed)
-        raise ConfigError(f"cannot change on resume: {detail}")
-    return Config.from_dict({**saved, **overrides})
-
-
 def command_train(args: argparse.Namespace) -> int:
-    from a3c.trainer import (
-        train,  # imports torch: only once the arguments are known good
-    )
+    from a3c import api  # imports torch: only once the arguments are known good
 
     overrides = settings_from_args(args)
     if args.config:
@@ -106,59 +89,21 @@ def command_train(args: argparse.Namespace) -> int:
     if args.preset:
         overrides = {**PRESETS[args.preset], **overrides}
     if args.resume:
-        checkpoint_path = resolve_checkpoint(args.resume, LATEST)
-        run_dir = checkpoint_path.parent.parent
-        # Locked before the checkpoint is read: a trainer still running there may write a newer one.
-        run_lock = lock_run_dir(run_dir)
-        try:
-            payload = load_checkpoint(checkpoint_path)
-            config = resume_config(payload["config"], overrides)
-            validate(config)
-            _check_matches_env(config, payload, checkpoint_path)
-        except BaseException:
-            run_lock.close()
-            raise
-        print(f"resuming {run_dir} from {checkpoint_path} at {payload['frames']:,} frames", flush=True)
-        return train(config, payload, run_dir, run_lock)
-    config = Config.from_dict(overrides)
-    validate(config)
-    return train(config)
-
-
-def _check_matches_env(config: Config, payload: dict[str, Any], path: Path) -> None:
-    from a3c.envs import env_spaces
-
-    obs_shape, n_actions = env_spaces(config)
-    if list(obs_shape) != list(payload["obs_shape"]) or n_actions != payload["n_actions"]:
-        raise CheckpointError(
-            f"checkpoint {path} was made for observations {tuple(payload['obs_shape'])} and "
-            f"{payload['n_actions']} actions, but {config.env_id} gives {obs_shape} and {n_actions}")
+        return api.resume(args.resume, overrides).exit_code
+    return api.train(Config.from_dict(overrides)).exit_code
 
 
 def command_eval(args: argparse.Namespace) -> int:
     import gymnasium as gym
     import torch
 
-    from a3c.envs import make_env
-    from a3c.evaluator import evaluate_policy, resolve_device
-    from a3c.model import build_model
+    from a3c.api import Policy
 
-    target = args.checkpoint or args.run or newest_run(args.runs_dir)
-    path = resolve_checkpoint(target)
-    payload = load_checkpoint(path)
-    config = Config.from_dict(payload["config"])
-    _check_matches_env(config, payload, path)
     torch.set_num_threads(1)
-    device = resolve_device(args.device)
-    model = build_model(config, tuple(payload["obs_shape"]), payload["n_actions"])
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not fit its model: "
-                              f"{str(error).splitlines()[0]}") from None
-    model.to(device).eval()
-    env = make_env(config, render_mode="rgb_array" if args.video else None)
-    print(f"evaluating {path} ({config.env_id}, {payload['frames']:,} training frames) on {device} "
+    policy = Policy.load(args.checkpoint or args.run or newest_run(args.runs_dir), device=args.device)
+    path, config = policy.path, policy.config
+    env = policy.make_env(render_mode="rgb_array" if args.video else None)
+    print(f"evaluating {path} ({config.env_id}, {policy.frames:,} training frames) on {policy.device} "
           f"over {args.episodes} episodes, {'greedy' if args.greedy else 'sampled'} actions", flush=True)
     recorder = None
     if args.video:
@@ -167,18 +112,16 @@ def command_eval(args: argparse.Namespace) -> int:
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         recorder = VideoRecorder(env, args.video_dir or run_dir / "videos", prefix=path.stem)
     try:
-        score = evaluate_policy(model, env, args.episodes, greedy=args.greedy, seed=args.seed,
-                                device=device, on_frame=None if recorder is None else recorder.on_step)
+        score = policy.evaluate(args.episodes, greedy=args.greedy, seed=args.seed, env=env,
+                                on_frame=None if recorder is None else recorder.on_step)
     except gym.error.DependencyNotInstalled as error:  # rendering a classic-control game needs pygame
         raise ConfigError(f"video of {config.env_id}: {error} (or pip install 'a3c[video]')") from None
     if recorder is not None:
         recorder.close()
-        for video, frames in zip(recorder.paths, recorder.frames):
+        for video, frames in zip(recorder.paths, recorder.frames, strict=True):
             print(f"video: {video} ({frames} frames at {recorder.fps} fps)")
     env.close()
-    print(f"mean reward {score.mean_reward:.2f} ± {score.std_reward:.2f}  "
-          f"min {score.min_reward:.2f}  max {score.max_reward:.2f}  "
-          f"mean episode length {score.mean_ep_length:.1f}  ({score.n_episodes} episodes)")
+    print(score)
     return 0
 
 

@@ -22,12 +22,14 @@ from a3c.checkpoint import (
     CHECKPOINT_DIR,
     LATEST,
     RunWriteError,
+    checkpoint_payload,
     save_checkpoint,
     writing,
 )
 from a3c.config import Config
 from a3c.envs import make_env
 from a3c.logger import EVAL_FIELDS, EVALUATIONS_CSV
+from a3c.messages import Evaluated, EvaluatorStarted, SharedModelNonFinite, WriteFailed
 from a3c.model import ActorCritic, build_model
 from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
 
@@ -42,6 +44,11 @@ class Score:
     max_reward: float
     mean_ep_length: float
     n_episodes: int
+
+    def __str__(self) -> str:
+        return (f"mean reward {self.mean_reward:.2f} ± {self.std_reward:.2f}  min {self.min_reward:.2f}  "
+                f"max {self.max_reward:.2f}  mean episode length {self.mean_ep_length:.1f}  "
+                f"({self.n_episodes} episodes)")
 
     @classmethod
     def of(cls, returns: list[float], lengths: list[int]) -> Score:
@@ -121,15 +128,6 @@ class EvaluationLog:
             pass
 
 
-def checkpoint_payload(config: Config, shared: SharedTraining, model_state: dict[str, torch.Tensor],
-                       obs_shape: tuple[int, ...], n_actions: int, frames: int, episodes: int,
-                       score: Score | None, best_score: float | None) -> dict[str, Any]:
-    return {"config": config.to_dict(), "obs_shape": list(obs_shape), "n_actions": n_actions,
-            "model": model_state, "optimizer": shared.optimizer.state_dict(), "frames": frames,
-            "episodes": episodes, "score": None if score is None else asdict(score),
-            "best_score": best_score, "seconds": shared.elapsed(), "saved_at": time.time()}
-
-
 def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shape: tuple[int, ...],
                   n_actions: int, best_score: float | None, conn: Any, parent_pid: int) -> None:
     """Process entry: evaluate every eval_interval seconds until the stop signal, then once more
@@ -150,7 +148,7 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
         # One consistent snapshot of the weights; the optimizer state is copied in the payload.
         weights = shared.params.clone()
         if not bool(torch.isfinite(weights).all()):
-            conn.send(("nonfinite", frames))  # never let a broken model overwrite a good checkpoint
+            conn.send(SharedModelNonFinite(frames))  # never let a broken model overwrite a good checkpoint
             return
         torch.nn.utils.vector_to_parameters(weights, cpu_model.parameters())
         score = None
@@ -165,16 +163,16 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
         if improved:
             best_score = score.mean_reward
         payload = checkpoint_payload(config, shared, cpu_model.state_dict(), obs_shape, n_actions,
-                                     frames, episodes, score, best_score)
+                                     frames, episodes, None if score is None else asdict(score), best_score)
         save_checkpoint(checkpoints / LATEST, payload)
         if improved:
             save_checkpoint(checkpoints / BEST, payload)
         if score is not None:
-            conn.send(("eval", frames, asdict(score), improved))
+            conn.send(Evaluated(frames, asdict(score), improved))
 
     try:
         log = EvaluationLog(run_path)
-        conn.send(("evaluator", str(device)))
+        conn.send(EvaluatorStarted(str(device)))
         last_time, last_frames = time.time(), shared.total_frames()
         while not shared.wait_flag(STOP, timeout=min(config.eval_interval, 0.2)):
             if os.getppid() != parent_pid:
@@ -192,7 +190,7 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
         evaluate_and_checkpoint(shared.flag(EVALUATE_AT_END), None)
     except RunWriteError as error:  # the parent stops the run; a full disk is no fault of this process
         with contextlib.suppress(OSError):
-            conn.send(("write_failed", str(error)))
+            conn.send(WriteFailed(str(error)))
     except OSError:  # BrokenPipeError and the like: the parent is gone, so end quietly
         if os.getppid() == parent_pid:
             raise

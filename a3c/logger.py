@@ -20,6 +20,7 @@ import numpy as np
 
 from a3c.checkpoint import write_failure
 from a3c.config import Config
+from a3c.messages import LearnerStats
 
 TRAIN_EPISODES_CSV = "train_episodes.csv"
 EPISODE_FIELDS = ["frames", "worker", "return", "length", "time"]
@@ -62,7 +63,7 @@ class RunLogger:
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.recent_lengths: deque[int] = deque(maxlen=RECENT_EPISODES)
         self.last_eval: dict[str, float] | None = None
-        self.train_stats: dict[int, dict[str, float]] = {}  # latest report of each worker
+        self.train_stats: dict[int, LearnerStats] = {}  # latest report of each worker
         self.write_error: str | None = None
         self.episodes_file: Any = None
         self.tensorboard: Any = None
@@ -129,8 +130,8 @@ class RunLogger:
         row = [frames, worker, episode_return, length, round(self.elapsed(end_time), 3)]
         self._write(self.episodes_path, lambda: self.episodes.writerow(row))
 
-    def train(self, worker: int, stats: dict[str, float]) -> None:
-        self.train_stats[worker] = stats
+    def train(self, stats: LearnerStats) -> None:
+        self.train_stats[stats.worker] = stats
 
     def evaluation(self, frames: int, score: dict[str, float], improved: bool) -> None:
         self.last_eval = score
@@ -176,7 +177,7 @@ class RunLogger:
             board.add_scalar("rollout/ep_len_mean", float(np.mean(self.recent_lengths)), frames)
         if self.train_stats:
             for key in ("policy_loss", "value_loss", "entropy", "grad_norm", "learning_rate"):
-                board.add_scalar(f"train/{key}", float(np.mean([s[key] for s in self.train_stats.values()])),
+                board.add_scalar(f"train/{key}", float(np.mean([getattr(s, key) for s in self.train_stats.values()])),
                                  frames)
         board.flush()
 

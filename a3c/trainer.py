@@ -22,9 +22,10 @@ import torch
 import torch.multiprocessing as mp
 
 from a3c.checkpoint import (
-    CheckpointError,
     RunWriteError,
     lock_run_dir,
+    restore_model,
+    restore_training,
     write_failure,
     writing,
 )
@@ -32,6 +33,16 @@ from a3c.config import Config, ConfigError, validate
 from a3c.envs import env_spaces
 from a3c.evaluator import run_evaluator
 from a3c.logger import RunLogger
+from a3c.messages import (
+    EpisodeFinished,
+    Evaluated,
+    EvaluatorStarted,
+    LearnerStats,
+    Message,
+    SharedModelNonFinite,
+    UpdateSkipped,
+    WriteFailed,
+)
 from a3c.model import build_model
 from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
 from a3c.worker import run_worker, seed_stream
@@ -126,21 +137,12 @@ class Trainer:
         self.context = mp.get_context(START_METHOD)
         check_model_fits(config, self.obs_shape, self.n_actions)
         model = build_model(config, self.obs_shape, self.n_actions)
-        best_score = None
         if resume_payload is not None:
-            try:
-                model.load_state_dict(resume_payload["model"])
-            except RuntimeError as error:
-                raise CheckpointError(f"the checkpoint's model does not fit this configuration: "
-                                      f"{str(error).splitlines()[0]}") from None
+            restore_model(model, resume_payload, run_dir or "being resumed")
         self.shared = SharedTraining.create(model, config)
         if resume_payload is not None:
-            self.shared.optimizer.load_state_dict(resume_payload["optimizer"])
-            self.shared.base_frames = int(resume_payload["frames"])
-            self.shared.base_episodes = int(resume_payload["episodes"])
-            self.shared.base_seconds = float(resume_payload.get("seconds", 0.0))  # absent in older checkpoints
-            best_score = resume_payload.get("best_score")
-        self.best_score = best_score
+            restore_training(self.shared, resume_payload)
+        self.best_score = None if resume_payload is None else resume_payload.get("best_score")
         self.run_dir = run_dir if run_dir is not None else new_run_dir(config)
         self.run_lock = run_lock if run_lock is not None else lock_run_dir(self.run_dir)
         try:
@@ -203,30 +205,29 @@ class Trainer:
         except (EOFError, OSError):  # the other end has gone
             conn.close()
 
-    def _handle(self, message: tuple) -> None:
-        kind = message[0]
-        if kind == "episode":
-            _, worker, frames, episode_return, length, end_time = message
-            self.log.episode(frames, worker, episode_return, length, end_time)
-            self.shared.count_episode()
-        elif kind == "train":
-            self.log.train(message[1], message[3])
-        elif kind == "eval":
-            _, frames, score, improved = message
-            if improved:
-                self.best_score = score["mean_reward"]
-            self.log.evaluation(frames, score, improved)
-        elif kind == "evaluator":
-            self._print(f"evaluator running on {message[1]}")
-        elif kind == "nonfinite":
-            self._print(f"evaluator: the shared model is non-finite at {message[1]:,} frames; "
-                        "no checkpoint written")
-        elif kind == "write_failed":  # the evaluator could not write a checkpoint or its CSV
-            self._fail_on_write(message[1])
-        elif kind == "skipped":
-            self.skipped_updates += 1
-            self._print(f"worker {message[1]}: skipped an update with a non-finite loss or gradient "
-                        f"(norm {message[2]}); {self.skipped_updates} skipped so far")
+    def _handle(self, message: Message) -> None:
+        match message:
+            case EpisodeFinished():
+                self.log.episode(message.frames, message.worker, message.episode_return, message.length,
+                                 message.end_time)
+                self.shared.count_episode()
+            case LearnerStats():
+                self.log.train(message)
+            case Evaluated():
+                if message.improved:
+                    self.best_score = message.score["mean_reward"]
+                self.log.evaluation(message.frames, message.score, message.improved)
+            case EvaluatorStarted():
+                self._print(f"evaluator running on {message.device}")
+            case SharedModelNonFinite():
+                self._print(f"evaluator: the shared model is non-finite at {message.frames:,} frames; "
+                            "no checkpoint written")
+            case WriteFailed():  # the evaluator could not write a checkpoint or its CSV
+                self._fail_on_write(message.reason)
+            case UpdateSkipped():
+                self.skipped_updates += 1
+                self._print(f"worker {message.worker}: skipped an update with a non-finite loss or gradient "
+                            f"(norm {message.grad_norm}); {self.skipped_updates} skipped so far")
 
     def _print(self, text: str) -> None:
         self.log.message(text)
@@ -387,9 +388,3 @@ class Trainer:
         self._terminate(self.children)
         for child in self.children:
             child.conn.close()
-
-
-def train(config: Config, resume_payload: dict[str, Any] | None = None, run_dir: Path | None = None,
-          run_lock: IO[str] | None = None) -> int:
-    """Train until the frame budget, the time limit, a signal or a failure; return the exit code."""
-    return Trainer(config, resume_payload, run_dir, run_lock=run_lock).run()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from a3c.config import Config
 from a3c.envs import make_env
+from a3c.messages import EpisodeFinished, LearnerStats, UpdateSkipped
 from a3c.model import (
     DTYPES,
     ActorCritic,
@@ -339,8 +340,7 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
     last_report = time.monotonic()
 
     def report(stats: list[UpdateStats]) -> None:
-        conn.send(("train", worker_id, shared.total_frames(),
-                   {**_mean_stats(stats), "learning_rate": worker.learning_rate()}))
+        conn.send(LearnerStats(worker_id, **_mean_stats(stats), learning_rate=worker.learning_rate()))
 
     try:
         while not shared.stop_requested() and os.getppid() == parent_pid:
@@ -348,10 +348,10 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
             rollout = worker.collect()
             stats = worker.update(rollout)
             for episode in worker.count(rollout.steps):
-                conn.send(("episode", episode.worker, shared.total_frames(), episode.episode_return,
-                           episode.length, episode.end_time))
+                conn.send(EpisodeFinished(episode.worker, shared.total_frames(), episode.episode_return,
+                                          episode.length, episode.end_time))
             if not stats.applied:
-                conn.send(("skipped", worker_id, stats.grad_norm))
+                conn.send(UpdateSkipped(worker_id, stats.grad_norm))
             else:
                 recent.append(stats)
             if recent and time.monotonic() - last_report > STATS_INTERVAL_S:

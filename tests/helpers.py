@@ -93,8 +93,7 @@ def write_checkpoint(path: Path, config, obs_shape: tuple[int, ...], n_actions: 
                      model_config=None) -> None:
     """An untrained checkpoint for `config`; its model is built from `model_config` when given
     (a checkpoint whose model does not fit its own configuration)."""
-    from a3c.checkpoint import save_checkpoint
-    from a3c.evaluator import checkpoint_payload
+    from a3c.checkpoint import checkpoint_payload, save_checkpoint
     from a3c.model import build_model
     from a3c.shared import SharedTraining
 

@@ -1,0 +1,157 @@
+"""The Python API, for notebooks and scripts: train from a Config, load a checkpoint into a policy,
+act with it and evaluate it. The command line (cli.py) is a thin layer over these functions.
+
+    from a3c import Config, Policy, train
+
+    run = train(Config(env_id="CartPole-v1", workers=2, total_frames=100_000, lr=1e-3))
+    policy = Policy.load(run.run_dir)                # the run's best checkpoint
+    actions, _ = policy.predict(observations)        # sampled; greedy=True for the likeliest
+    print(policy.evaluate(episodes=10))              # mean ± std over 10 episodes
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from a3c.checkpoint import (
+    BEST,
+    LATEST,
+    check_fits,
+    load_checkpoint,
+    lock_run_dir,
+    resolve_checkpoint,
+    restore_model,
+)
+from a3c.config import Config, ConfigError, validate
+from a3c.envs import env_spaces, make_env
+from a3c.evaluator import Score, evaluate_policy, resolve_device
+from a3c.model import ActorCritic, LstmState, build_model
+from a3c.trainer import EXIT_OK, Trainer
+
+# Settings a resumed run cannot change: they fix the environment's spaces or the model's shape.
+FIXED_ON_RESUME = ("env_id", "body", "lstm", "mlp_hidden", "screen_size", "frame_stack")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: its directory, the exit status `a3c train` gives it (0: budget or time
+    limit reached; 1: failed, its last good checkpoint kept; 130, 143: stopped by SIGINT, SIGTERM
+    after a final checkpoint) and the reason in words."""
+
+    run_dir: Path
+    exit_code: int
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == EXIT_OK
+
+
+def train(config: Config) -> RunResult:
+    """Train a new run until its frame budget, its time limit, a signal or a failure."""
+    validate(config)
+    return _run(Trainer(config))
+
+
+def resume(target: str | Path, overrides: dict[str, Any] | None = None) -> RunResult:
+    """Continue the run at `target` (a run directory or a checkpoint) from its latest checkpoint,
+    with `overrides` of the settings that may change."""
+    checkpoint_path = resolve_checkpoint(target, LATEST)
+    run_dir = checkpoint_path.parent.parent
+    # Locked before the checkpoint is read: a trainer still running there may write a newer one.
+    run_lock = lock_run_dir(run_dir)
+    try:
+        payload = load_checkpoint(checkpoint_path)
+        config = resume_config(payload["config"], overrides or {})
+        validate(config)
+        check_fits(payload, *env_spaces(config), checkpoint_path)
+        print(f"resuming {run_dir} from {checkpoint_path} at {payload['frames']:,} frames", flush=True)
+        trainer = Trainer(config, payload, run_dir, run_lock=run_lock)
+    except BaseException:
+        run_lock.close()
+        raise
+    return _run(trainer)
+
+
+def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> Config:
+    changed = [k for k in FIXED_ON_RESUME if k in overrides and overrides[k] != saved.get(k)]
+    if changed:
+        detail = ", ".join(f"{k} {saved.get(k)!r} -> {overrides[k]!r}" for k in changed)
+        raise ConfigError(f"cannot change on resume: {detail}")
+    return Config.from_dict({**saved, **overrides})
+
+
+def _run(trainer: Trainer) -> RunResult:
+    code = trainer.run()
+    return RunResult(trainer.run_dir, code, trainer.outcome[1] if trainer.outcome else "")
+
+
+class Policy:
+    """A trained actor-critic with its configuration, on CPU or CUDA, for acting and evaluation."""
+
+    def __init__(self, model: ActorCritic, config: Config, device: torch.device, checkpoint: dict[str, Any],
+                 path: Path) -> None:
+        self.model, self.config, self.device = model.to(device).eval(), config, device
+        self.checkpoint, self.path = checkpoint, path
+
+    @classmethod
+    def load(cls, target: str | Path, which: str = BEST, device: str = "auto") -> Policy:
+        """The `which` checkpoint (best.pt, falling back to latest.pt) of a run directory, or a
+        checkpoint file; on `device` (auto: CUDA when there is one)."""
+        path = resolve_checkpoint(target, which)
+        payload = load_checkpoint(path)
+        config = Config.from_dict(payload["config"])
+        check_fits(payload, *env_spaces(config), path)
+        model = build_model(config, tuple(payload["obs_shape"]), payload["n_actions"])
+        restore_model(model, payload, path)
+        return cls(model, config, resolve_device(device), payload, path)
+
+    @property
+    def frames(self) -> int:
+        """Environment frames the policy was trained for."""
+        return int(self.checkpoint["frames"])
+
+    def make_env(self, render_mode: str | None = None) -> gym.Env:
+        """An environment like those the policy was trained on (the same preprocessing)."""
+        return make_env(self.config, render_mode=render_mode)
+
+    @torch.inference_mode()
+    def predict(self, observation: np.ndarray, state: LstmState | None = None, greedy: bool = False,
+                generator: torch.Generator | None = None) -> tuple[np.ndarray, LstmState | None]:
+        """Actions for one observation or a batch of them, and the next LSTM state (None without an
+        LSTM; pass it back with the next observations). Sampled from the policy, as it was trained,
+        or its most probable action with greedy=True."""
+        obs = torch.as_tensor(np.asarray(observation), device=self.device)
+        single = obs.dim() == len(self.model.obs_shape)
+        if single:
+            obs = obs.unsqueeze(0)
+        if state is None and self.model.lstm is not None:
+            state = self.model.initial_state(obs.shape[0], self.device)
+        logits, _, state = self.model(obs, state)
+        if greedy:
+            actions = logits.argmax(-1)
+        else:
+            actions = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+        actions_np = actions.cpu().numpy()
+        return (actions_np[0] if single else actions_np), state
+
+    def evaluate(self, episodes: int = 10, greedy: bool = False, seed: int = 0, env: gym.Env | None = None,
+                 on_frame: Callable[[int, gym.Env], None] | None = None) -> Score:
+        """Play `episodes` whole episodes (episode i reset with seed + i) and score them."""
+        own_env = env is None
+        env = self.make_env() if env is None else env
+        try:
+            score = evaluate_policy(self.model, env, episodes, greedy=greedy, seed=seed, device=self.device,
+                                    on_frame=on_frame)
+        finally:
+            if own_env:
+                env.close()
+        assert score is not None  # only a should_stop callback cuts an evaluation short
+        return score

@@ -1,0 +1,66 @@
+"""What the children tell the parent, one dataclass a kind, sent through their pipes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EpisodeFinished:
+    """A worker finished a training episode (the game's own reward, not the learner's)."""
+
+    worker: int
+    frames: int          # the run's total frames when it was reported
+    episode_return: float
+    length: int
+    end_time: float      # time.time() at its end
+
+
+@dataclass(frozen=True)
+class LearnerStats:
+    """A worker's mean losses over its updates since its last report."""
+
+    worker: int
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    grad_norm: float
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class UpdateSkipped:
+    """A worker dropped an update whose loss or gradient was not finite."""
+
+    worker: int
+    grad_norm: float
+
+
+@dataclass(frozen=True)
+class EvaluatorStarted:
+    device: str
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """An evaluation's score (evaluator.Score's fields), and whether it is the best so far."""
+
+    frames: int
+    score: dict[str, float]
+    improved: bool
+
+
+@dataclass(frozen=True)
+class SharedModelNonFinite:
+    frames: int
+
+
+@dataclass(frozen=True)
+class WriteFailed:
+    """A file of the run could not be written (checkpoint.RunWriteError's message)."""
+
+    reason: str
+
+
+Message = (EpisodeFinished | LearnerStats | UpdateSkipped | EvaluatorStarted | Evaluated | SharedModelNonFinite
+           | WriteFailed)
