@@ -16,7 +16,7 @@ from typing import Any
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 REWARD_TRANSFORMS = ("auto", "clip", "scale")
-BFLOAT16_MIN_ENVS = 4  # see Config.learner_precision
+BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
 
 
 class ConfigError(ValueError):
@@ -171,7 +171,7 @@ class Config:
         return "seed" if self.is_atari else "mlp"
 
     @property
-    def learner_precision(self) -> str:
+    def network_precision(self) -> str:
         """`precision` resolved on this machine: float32 or bfloat16."""
         if self.precision != "auto":
             return self.precision

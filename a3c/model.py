@@ -25,67 +25,7 @@ def _conv_layers(body: str, channels: int) -> tuple[nn.ModuleList, int]:
     raise ValueError(f"unknown conv body {body!r}")
 
 
-BodyWeights = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-class Tape:
-    """The body's activations over one rollout, written by the acting passes and read by the
-    update's backward pass (ActorCritic.replay), so that the update computes no forward pass again.
-
-    layers[0] holds the scaled observations, layers[i + 1] the output of body layer i; step t of a
-    rollout over B environments owns rows t*B to t*B + B - 1 of each. Image activations are
-    channels-last, the layout the convolutions take.
-    """
-
-    def __init__(self, layers: list[torch.Tensor]) -> None:
-        self.layers = layers
-
-    @classmethod
-    def allocate(cls, model: ActorCritic, rows: int, dtype: torch.dtype) -> Tape:
-        return cls([torch.empty((rows, *shape), dtype=dtype,
-                                memory_format=torch.channels_last if len(shape) == 3 else torch.contiguous_format)
-                    for shape in model.activation_shapes()])
-
-    def rows(self, start: int, stop: int) -> list[torch.Tensor]:
-        return [layer[start:stop] for layer in self.layers]
-
-    def view(self, rows: int) -> Tape:
-        """The first `rows` rows (a rollout cut short by the stop signal is shorter)."""
-        return Tape(self.rows(0, rows))
-
-
-class _Replayed(torch.autograd.Function):
-    """A body layer (convolution or linear map, then its activation) whose output the acting pass
-    already computed: the forward hands the recorded output back, the backward differentiates
-    through it, batched over the whole rollout and in the recorded activations' number format."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, output: torch.Tensor,
-                stride: tuple[int, int] | None, activation: str) -> torch.Tensor:
-        ctx.save_for_backward(x, weight, output)
-        ctx.stride, ctx.activation = stride, activation
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        x, weight, output = ctx.saved_tensors
-        if ctx.stride is not None:
-            # Through a flatten the gradient arrives in NCHW order, oneDNN's slow path here.
-            grad_output = grad_output.contiguous(memory_format=torch.channels_last)
-        if ctx.activation == "relu":
-            grad = torch.ops.aten.threshold_backward(grad_output, output, 0)
-        else:
-            grad = torch.ops.aten.tanh_backward(grad_output, output)
-        compute_weight = weight.to(x.dtype)
-        needs_input_grad = ctx.needs_input_grad[0]
-        if ctx.stride is None:
-            grad_x = grad @ compute_weight if needs_input_grad else None
-            grad_weight, grad_bias = grad.t() @ x, grad.sum(0)
-        else:  # the body's convolutions have no padding, no dilation, one group
-            grad_x, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                grad, x, compute_weight, [weight.shape[0]], list(ctx.stride), [0, 0], [1, 1], False, [0, 0], 1,
-                [needs_input_grad, True, True])
-        return grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None, None, None
+BodyWeights = list[tuple[torch.Tensor, torch.Tensor]]  # (weight, bias) of each body layer
 
 
 class ActorCritic(nn.Module):
@@ -153,7 +93,7 @@ class ActorCritic(nn.Module):
 
     def body_weights(self, dtype: torch.dtype = torch.float32) -> BodyWeights:
         """The body's weights and biases in `dtype`, convolution weights channels-last (oneDNN's
-        layout, so no conversion per call). A worker makes them once per rollout."""
+        layout, so no conversion per call). A worker makes them once per rollout (replay.py)."""
         return [(layer.weight.to(dtype).contiguous(memory_format=torch.channels_last)
                  if isinstance(layer, nn.Conv2d) else layer.weight.to(dtype), layer.bias.to(dtype))
                 for layer in self.body_layers()]
@@ -161,8 +101,8 @@ class ActorCritic(nn.Module):
     def encode(self, obs: torch.Tensor, weights: BodyWeights | None = None,
                record: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Float32 body features of a batch of observations, computed in the number format of
-        `weights` (body_weights(); the float32 parameters by default). With `record` (a Tape's rows
-        for this step) the scaled input and every layer's output are computed into it."""
+        `weights` (body_weights(); the float32 parameters by default). `record`: see ReplayTape, the
+        one caller that passes it; the scaled input and every layer's output are computed into it."""
         weights = self.body_weights() if weights is None else weights
         dtype = weights[0][0].dtype
         if record is not None:
@@ -173,7 +113,7 @@ class ActorCritic(nn.Module):
             x = obs.to(dtype)
         if self.is_image:  # a copy then in-place scaling: half the time of a mixed uint8-by-float multiply
             x.mul_(1.0 / 255.0)
-        for i, (layer, (weight, bias)) in enumerate(zip(self.body_layers(), weights)):
+        for i, (layer, (weight, bias)) in enumerate(zip(self.body_layers(), weights, strict=True)):
             if isinstance(layer, nn.Conv2d):
                 x = F.conv2d(x, weight, bias, layer.stride)
             else:
@@ -183,44 +123,22 @@ class ActorCritic(nn.Module):
         return x.float()
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy logits and state values of (LSTM) features."""
         logits = F.linear(features, self.policy.weight, self.policy.bias)
         value = F.linear(features, self.value.weight, self.value.bias)
         return logits, value.squeeze(-1)
 
-    def forward(self, obs: torch.Tensor, state: LstmState | None = None, weights: BodyWeights | None = None,
-                record: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, LstmState | None]:
-        """One step for a batch: logits (B, A), values (B,), next LSTM state. `weights` and
-        `record` as in encode(); the LSTM and the heads run in float32."""
-        features = self.encode(obs, weights, record)
+    def core(self, features: torch.Tensor, state: LstmState | None) -> tuple[torch.Tensor, torch.Tensor, LstmState | None]:
+        """From body features: the LSTM (if any) and the heads, in float32."""
         if self.lstm is not None:
             state = self.lstm(features, state)
             features = state[0]
-        logits, value = self.heads(features)
-        return logits, value, state
+        return (*self.heads(features), state)
 
-    def replay(self, tape: Tape, state: LstmState | None, episode_starts: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A rollout's logits (T, B, A) and values (T, B) with the update's autograd graph, from the
-        activations its acting passes recorded in `tape`: the body is differentiated, batched over
-        all T*B frames and in the tape's number format, but not computed again. The LSTM (its state
-        zeroed where `episode_starts` is set) and the heads are cheap and run again, in float32."""
-        steps, batch = episode_starts.shape
-        x, *outputs = tape.layers
-        for layer, output in zip(self.body_layers(), outputs):
-            conv = isinstance(layer, nn.Conv2d)
-            x = _Replayed.apply(x if conv else x.flatten(1), layer.weight, layer.bias, output,
-                                layer.stride if conv else None, self.activation)
-        features = x.float()
-        if self.lstm is not None:
-            features = features.view(steps, batch, -1)
-            hidden = []
-            for t in range(steps):
-                keep = (~episode_starts[t]).float().unsqueeze(-1)
-                state = self.lstm(features[t], (state[0] * keep, state[1] * keep))
-                hidden.append(state[0])
-            features = torch.stack(hidden).reshape(steps * batch, -1)
-        logits, value = self.heads(features)
-        return logits.view(steps, batch, -1), value.view(steps, batch)
+    def forward(self, obs: torch.Tensor, state: LstmState | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, LstmState | None]:
+        """One step for a batch of observations: logits (B, A), values (B,), the next LSTM state."""
+        return self.core(self.encode(obs), state)
 
 
 def build_model(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> ActorCritic:

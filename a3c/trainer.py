@@ -306,7 +306,7 @@ class Trainer:
         os.environ["MKL_NUM_THREADS"] = "1"
         self._print(f"run directory: {self.run_dir}")
         self._print("configuration: " + json.dumps(config.to_dict()))
-        self._print(f"network precision: {config.learner_precision}"
+        self._print(f"network precision: {config.network_precision}"
                     + (" (auto)" if config.precision == "auto" else ""))
         try:
             start = time.time()

@@ -21,13 +21,12 @@ from a3c.envs import make_env
 from a3c.messages import EpisodeFinished, LearnerStats, UpdateSkipped
 from a3c.model import (
     DTYPES,
-    ActorCritic,
     LstmState,
-    Tape,
     bind_flat_gradients,
     bind_flat_parameters,
     build_model,
 )
+from a3c.replay import ReplayTape
 from a3c.shared import SharedTraining
 
 STATS_INTERVAL_S = 2.0
@@ -108,10 +107,10 @@ def write_observation(slot: np.ndarray, obs: np.ndarray) -> None:
 
 @dataclass
 class Rollout:
-    """t_max steps of B environments: (T, B) tensors, and the body activations of the acting
-    passes (rows t*B to t*B + B - 1 of the tape for step t), from which the update differentiates."""
+    """t_max steps of B environments: (T, B) tensors, and the tape of the acting passes from which
+    the update differentiates (ReplayTape)."""
 
-    tape: Tape
+    tape: ReplayTape
     actions: torch.Tensor
     rewards: torch.Tensor
     values: torch.Tensor
@@ -122,20 +121,18 @@ class Rollout:
     steps: int = 0
 
     @classmethod
-    def allocate(cls, model: ActorCritic, steps: int, batch: int, tape_dtype: torch.dtype) -> Rollout:
-        """Buffers for `steps` steps of `batch` environments, the tape in `tape_dtype`."""
-        def zeros(dtype: torch.dtype = torch.float32) -> torch.Tensor:
-            return torch.zeros((steps, batch), dtype=dtype)
+    def allocate(cls, tape: ReplayTape, steps: int, batch: int) -> Rollout:
+        """Buffers for `steps` steps of `batch` environments, around the tape of their acting passes."""
+        def zeros(kind: torch.dtype = torch.float32) -> torch.Tensor:
+            return torch.zeros((steps, batch), dtype=kind)
 
-        return cls(Tape.allocate(model, steps * batch, tape_dtype), zeros(torch.int64), zeros(), zeros(), zeros(),
-                   zeros(torch.bool), zeros(torch.bool))
+        return cls(tape, zeros(torch.int64), zeros(), zeros(), zeros(), zeros(torch.bool), zeros(torch.bool))
 
     def view(self) -> Rollout:
         """The first `steps` steps (a rollout cut short by the stop signal is shorter)."""
         n = self.steps
-        return Rollout(self.tape.view(n * self.actions.shape[1]), self.actions[:n], self.rewards[:n],
-                       self.values[:n], self.next_values[:n], self.terminated[:n], self.ended[:n],
-                       self.initial_state, n)
+        return Rollout(self.tape, self.actions[:n], self.rewards[:n], self.values[:n], self.next_values[:n],
+                       self.terminated[:n], self.ended[:n], self.initial_state, n)
 
 
 @dataclass
@@ -155,17 +152,16 @@ class EpisodeRecord:
     end_time: float
 
 
-def a3c_loss(model: ActorCritic, rollout: Rollout, config: Config
-             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def a3c_loss(rollout: Rollout, config: Config) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs.
 
-    The logits and values are the acting passes' own (the local weights did not change during the
-    rollout), replayed from the rollout's tape: the update's backward pass runs batched over the
-    whole rollout, in the learner's number format, without a second forward pass of the body.
+    The logits and values are the acting passes' own, replayed from the rollout's tape: the update's
+    backward pass runs batched over the whole rollout, in the run's number format, without a second
+    forward pass of the body. a3c/reference.py computes the same loss in plain autograd.
     """
     episode_starts = torch.zeros_like(rollout.ended)
     episode_starts[1:] = rollout.ended[:-1]
-    logits, values = model.replay(rollout.tape, rollout.initial_state, episode_starts)
+    logits, values = rollout.tape.replay(rollout.initial_state, episode_starts)
     returns, advantages = returns_and_advantages(
         rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.ended,
         config.gamma, config.gae_lambda)
@@ -185,7 +181,10 @@ def seed_stream(seed: int, worker_id: int, incarnation: int = 0) -> np.random.Se
 
 
 class Worker:
-    """One A3C learner: local model and environments; the shared state is the only link to others."""
+    """One A3C learner: local model and environments; the shared state is its only link to others.
+
+    Its loop (run_worker) is the algorithm: sync_weights, collect (act and step t_max steps),
+    update (returns and advantages, loss, backward, clip, one step of the shared Adam)."""
 
     def __init__(self, worker_id: int, config: Config, shared: SharedTraining,
                  seeds: np.random.SeedSequence) -> None:
@@ -204,56 +203,44 @@ class Worker:
         first = [env.reset(seed=int(env_seed) + i)[0] for i, env in enumerate(self.envs)]
         # The current observations, written through their numpy storage.
         self.obs, self.obs_storage = observation_buffer(len(self.envs), obs_shape, first[0].dtype)
-        for slot, obs in zip(self.obs_storage, first):
+        for slot, obs in zip(self.obs_storage, first, strict=True):
             write_observation(slot, obs)
         self.state = self.model.initial_state(len(self.envs))
-        self.dtype = DTYPES[config.learner_precision]
-        self.rollout = Rollout.allocate(self.model, config.t_max, len(self.envs), self.dtype)
-        batch = len(self.envs)
-        self.tape_rows = [self.rollout.tape.rows(t * batch, (t + 1) * batch) for t in range(config.t_max)]
-        self.body_weights = self.model.body_weights(self.dtype)
+        tape = ReplayTape(self.model, config.t_max, len(self.envs), DTYPES[config.network_precision],
+                          self.local_params)
+        self.rollout = Rollout.allocate(tape, config.t_max, len(self.envs))
         self.episode_returns = [0.0] * len(self.envs)
         self.episode_lengths = [0] * len(self.envs)
         self.finished: list[EpisodeRecord] = []
 
     def sync_weights(self) -> None:
-        """Load the shared weights, and the acting passes' copy of the body's in their format."""
+        """Load the shared weights into the local model."""
         self.local_params.copy_(self.shared.params)
-        self.body_weights = self.model.body_weights(self.dtype)
-
-    def _to_training_rewards(self, rewards: np.ndarray) -> None:
-        """The game's rewards, in place, to what the learner sees: clipped or scaled."""
-        if self.config.training_reward_transform == "clip":
-            np.sign(rewards, out=rewards)
-        else:
-            rewards *= self.config.training_reward_scale
 
     def collect(self) -> Rollout:
         """Play up to t_max steps with the local weights, sampling from the policy; fewer when the
         stop flag is raised, so that shutdown never waits for a whole rollout."""
         rollout = self.rollout
         rollout.initial_state = None if self.state is None else (self.state[0].clone(), self.state[1].clone())
-        with torch.no_grad():  # the update replays the tape: no graph is needed while acting
-            self._play(rollout)
+        rollout.tape.start()
+        self._play(rollout)
+        self._to_training_rewards(rollout.rewards[:rollout.steps].numpy())
         return rollout.view()
 
     def _play(self, rollout: Rollout) -> None:
-        model = self.model
-        rollout.next_values.zero_()
+        tape, obs_storage, envs = rollout.tape, self.obs_storage, self.envs
         # Per-step writes go through numpy views of the tensors: far cheaper than tensor indexing.
-        obs_storage, envs = self.obs_storage, self.envs
         actions_np, values_np = rollout.actions.numpy(), rollout.values.numpy()
-        rewards_np, terminated_np = rollout.rewards.numpy(), rollout.terminated.numpy()
-        ended_np, next_values_np = rollout.ended.numpy(), rollout.next_values.numpy()
-        gumbel_noise = self.rng.gumbel(size=(self.config.t_max, len(self.envs), self.n_actions))
+        rewards_np, terminated_np, ended_np = rollout.rewards.numpy(), rollout.terminated.numpy(), rollout.ended.numpy()
+        gumbel_noise = self.rng.gumbel(size=(self.config.t_max, len(envs), self.n_actions))
+        truncated_values: list[tuple[int, int, float]] = []  # (step, env, V(final observation))
         steps = 0
         for t in range(self.config.t_max):
-            logits, value, self.state = model(self.obs, self.state, self.body_weights, self.tape_rows[t])
+            logits, value, self.state = tape.act(self.obs, self.state)
             actions = sample_actions(logits, gumbel_noise[t])
-            actions_np[t] = actions
-            values_np[t] = value.numpy()
+            actions_np[t], values_np[t] = actions, value.numpy()
             rewards, terminals, ends = [], [], []  # written to the rollout once per step
-            for b, (env, action) in enumerate(zip(envs, actions.tolist())):
+            for b, (env, action) in enumerate(zip(envs, actions.tolist(), strict=True)):
                 obs, reward, terminated, truncated, _ = env.step(action)
                 rewards.append(reward)
                 terminals.append(terminated)
@@ -261,37 +248,44 @@ class Worker:
                 self.episode_returns[b] += reward
                 self.episode_lengths[b] += 1
                 if terminated or truncated:
-                    if truncated and not terminated:  # a time limit is not the end of the task
-                        next_values_np[t, b] = float(self._value(obs, b))
-                    self.finished.append(EpisodeRecord(self.worker_id, self.episode_returns[b],
-                                                       self.episode_lengths[b], time.time()))
-                    self.episode_returns[b], self.episode_lengths[b] = 0.0, 0
+                    if not terminated:  # a time limit is not the end of the task: bootstrap
+                        truncated_values.append((t, b, self._value(obs, b)))
+                    self._end_episode(b)
                     obs, _ = env.reset()
-                    if self.state is not None:  # a new episode starts from a zero LSTM state
-                        self.state[0][b] = 0.0
-                        self.state[1][b] = 0.0
                 write_observation(obs_storage[b], obs)
             rewards_np[t], terminated_np[t], ended_np[t] = rewards, terminals, ends
             steps = t + 1
             if self.shared.stop_requested():
                 break
         rollout.steps = steps
-        self._to_training_rewards(rewards_np[:steps])
-        # Bootstrap every non-final step from the next state's value, the last from V(s_T).
-        if steps > 1:
-            inner = ~rollout.ended[:steps - 1]
-            rollout.next_values[:steps - 1][inner] = rollout.values[1:steps][inner]
-        last = ~rollout.ended[steps - 1]
-        if last.any():
-            _, last_value, _ = model(self.obs, self.state, self.body_weights)
-            rollout.next_values[steps - 1][last] = last_value[last]
+        # V(s_{t+1}) of every step, in one place: the next acting pass's value, V(s_T) after the last
+        # step, the final observation's value where a time limit cut an episode. (After game over
+        # the next value is the new episode's: returns_and_advantages masks it.)
+        rollout.next_values[:steps - 1] = rollout.values[1:steps]
+        rollout.next_values[steps - 1] = tape.peek(self.obs, self.state)[1]
+        for t, b, value in truncated_values:
+            rollout.next_values[t, b] = value
 
-    def _value(self, obs: np.ndarray, env_index: int) -> torch.Tensor:
+    def _end_episode(self, env_index: int) -> None:
+        self.finished.append(EpisodeRecord(self.worker_id, self.episode_returns[env_index],
+                                           self.episode_lengths[env_index], time.time()))
+        self.episode_returns[env_index], self.episode_lengths[env_index] = 0.0, 0
+        if self.state is not None:  # a new episode starts from a zero LSTM state
+            self.state[0][env_index] = 0.0
+            self.state[1][env_index] = 0.0
+
+    def _value(self, obs: np.ndarray, env_index: int) -> float:
         state = None
         if self.state is not None:
             state = (self.state[0][env_index:env_index + 1], self.state[1][env_index:env_index + 1])
-        _, value, _ = self.model(torch.from_numpy(obs).unsqueeze(0), state, self.body_weights)
-        return value[0]
+        return float(self.rollout.tape.peek(torch.from_numpy(obs).unsqueeze(0), state)[1][0])
+
+    def _to_training_rewards(self, rewards: np.ndarray) -> None:
+        """The game's rewards, in place, to what the learner sees: clipped or scaled."""
+        if self.config.training_reward_transform == "clip":
+            np.sign(rewards, out=rewards)
+        else:
+            rewards *= self.config.training_reward_scale
 
     def learning_rate(self) -> float:
         if not self.config.lr_anneal:
@@ -301,7 +295,7 @@ class Worker:
 
     def update(self, rollout: Rollout) -> UpdateStats:
         """Compute this rollout's gradient and hand exactly it to the shared optimizer."""
-        loss, (policy_loss, value_loss, entropy) = a3c_loss(self.model, rollout, self.config)
+        loss, (policy_loss, value_loss, entropy) = a3c_loss(rollout, self.config)
         self.grad.zero_()  # never None: backward accumulates into this flat buffer in place
         loss.backward()
         grad_norm = float(self.grad.norm())
@@ -309,13 +303,15 @@ class Worker:
         if applied:
             if grad_norm > self.config.max_grad_norm:
                 self.grad.mul_(self.config.max_grad_norm / (grad_norm + 1e-6))
-            self.optimizer.step([self.grad], lr=self.learning_rate())
+            self.optimizer.step([self.grad], lr=self.learning_rate())  # lock-free (Hogwild)
         return UpdateStats(float(policy_loss), float(value_loss), float(entropy), grad_norm, applied)
 
-    def count(self, steps: int) -> list[EpisodeRecord]:
-        """Add this rollout's frames to this worker's own counter slot; return the episodes it
-        finished, for the parent to log and count."""
+    def count_frames(self, steps: int) -> None:
+        """Add a rollout's frames to this worker's own counter slot (no lock: no other writer)."""
         self.shared.frames[self.worker_id] += steps * len(self.envs) * self.config.frames_per_step
+
+    def take_finished_episodes(self) -> list[EpisodeRecord]:
+        """The episodes finished since the last call, for the parent to log and count."""
         finished, self.finished = self.finished, []
         return finished
 
@@ -347,7 +343,8 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
             worker.sync_weights()
             rollout = worker.collect()
             stats = worker.update(rollout)
-            for episode in worker.count(rollout.steps):
+            worker.count_frames(rollout.steps)
+            for episode in worker.take_finished_episodes():
                 conn.send(EpisodeFinished(episode.worker, shared.total_frames(), episode.episode_return,
                                           episode.length, episode.end_time))
             if not stats.applied:

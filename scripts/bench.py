@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             config = Config(env_id=args.env_id, lstm=args.lstm, workers=workers, envs_per_worker=envs,
                             precision=precision)
             fps = train_fps(config, args.warmup, args.seconds)
-            record = {"workers": workers, "envs_per_worker": envs, "precision": config.learner_precision,
+            record = {"workers": workers, "envs_per_worker": envs, "precision": config.network_precision,
                       "train_fps": round(fps, 1),
                       "env_only_fps": round(env_fps, 1), "ratio": round(fps / env_fps, 3),
                       "raw_emulator_fps": None if raw_fps is None else round(raw_fps, 1),
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
                       "env_id": args.env_id, "lstm": args.lstm, "seconds": args.seconds}
             records.append(record)
             raw_text = "-" if raw_fps is None else f"{raw_fps:,.0f}"
-            print(f"{workers:>7} {envs:>11} {config.learner_precision:>9} {fps:>10,.0f} {env_fps:>12,.0f} "
+            print(f"{workers:>7} {envs:>11} {config.network_precision:>9} {fps:>10,.0f} {env_fps:>12,.0f} "
                   f"{fps / env_fps:>6.2f} {raw_text:>11}", flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,8 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import torch
 
 from a3c.config import Config
-from a3c.model import Tape, bind_flat_parameters, build_model
+from a3c.model import bind_flat_parameters, build_model
+from a3c.replay import ReplayTape
 from a3c.shared_optim import SharedAdam
 from a3c.worker import keep_freed_memory
 
@@ -46,17 +47,17 @@ def measure(model, optimizer: SharedAdam, batch: int, repeats: int) -> list[floa
     # (T, B, 4, 42, 42) frames stored channels-last, as a worker stores them
     obs = torch.randint(0, 256, (T, batch, 42, 42, 4), dtype=torch.uint8).permute(0, 1, 4, 2, 3)
     starts = torch.zeros(T, batch, dtype=torch.bool)
-    tapes = {dtype: Tape.allocate(model, T * batch, dtype) for dtype in (torch.float32, torch.bfloat16)}
+    tapes = {dtype: ReplayTape(model, T, batch, dtype) for dtype in (torch.float32, torch.bfloat16)}
     grad = torch.randn_like(optimizer.params[0])
 
     def acting(dtype: torch.dtype) -> None:
-        weights, tape = model.body_weights(dtype), tapes[dtype]
-        with torch.no_grad():
-            for t in range(T):
-                model(obs[t], None, weights, tape.rows(t * batch, (t + 1) * batch))
+        tape = tapes[dtype]
+        tape.start()
+        for t in range(T):
+            tape.act(obs[t], None)
 
     def replay(dtype: torch.dtype) -> None:
-        logits, values = model.replay(tapes[dtype], None, starts)
+        logits, values = tapes[dtype].replay(None, starts)
         (logits.sum() + values.sum()).backward()
 
     def recompute(dtype: torch.dtype) -> None:

@@ -6,7 +6,8 @@ import torch
 
 from a3c.config import Config, ConfigError
 from a3c.envs import make_env
-from a3c.model import ActorCritic, Tape, bind_flat_parameters, build_model
+from a3c.model import ActorCritic, bind_flat_parameters, build_model
+from a3c.replay import ReplayTape
 
 
 @pytest.mark.parametrize("size", [42, 84])
@@ -102,22 +103,24 @@ def test_replaying_the_tape_gives_the_acting_outputs_and_their_exact_gradient(bo
     starts[3, 1] = True  # environment 1 begins a new episode at step 3
     initial = None if not lstm else (torch.randn(batch, model.features), torch.randn(batch, model.features))
 
-    def play(record_into: Tape | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step by step, as a worker acts; recording into the tape, or with autograd."""
+    def play(tape: ReplayTape | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step by step, as a worker acts: recording into the tape, or with autograd."""
         weights, state, outputs = model.body_weights(dtype), initial, []
         for t in range(steps):
             if state is not None:
                 keep = (~starts[t]).float().unsqueeze(-1)
                 state = (state[0] * keep, state[1] * keep)
-            record = None if record_into is None else record_into.rows(t * batch, (t + 1) * batch)
-            logits, values, state = model(obs[t], state, weights, record)
+            if tape is None:
+                logits, values, state = model.core(model.encode(obs[t], weights), state)
+            else:
+                logits, values, state = tape.act(obs[t], state)
             outputs.append((logits, values))
         return torch.stack([o[0] for o in outputs]), torch.stack([o[1] for o in outputs])
 
-    tape = Tape.allocate(model, steps * batch, dtype)
-    with torch.no_grad():
-        acted_logits, acted_values = play(tape)
-    logits, values = model.replay(tape, initial, starts)
+    tape = ReplayTape(model, steps, batch, dtype)
+    tape.start()
+    acted_logits, acted_values = play(tape)
+    logits, values = tape.replay(initial, starts)
     torch.testing.assert_close(logits, acted_logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(values, acted_values, rtol=1e-5, atol=1e-6)
 
@@ -147,8 +150,38 @@ def test_auto_precision_is_bfloat16_only_for_batched_conv_bodies_on_cpus_with_na
     several = config_module.BFLOAT16_MIN_ENVS
     for native in (True, False):
         monkeypatch.setattr(config_module, "cpu_has_native_bfloat16", lambda native=native: native)
-        assert Config(envs_per_worker=several).learner_precision == ("bfloat16" if native else "float32")
-        assert Config(envs_per_worker=several - 1).learner_precision == "float32"  # too few frames per pass
-        assert Config(env_id="CartPole-v1", envs_per_worker=16).learner_precision == "float32"  # an MLP gains nothing
-        assert Config(precision="float32").learner_precision == "float32"
-        assert Config(env_id="CartPole-v1", precision="bfloat16").learner_precision == "bfloat16"
+        assert Config(envs_per_worker=several).network_precision == ("bfloat16" if native else "float32")
+        assert Config(envs_per_worker=several - 1).network_precision == "float32"  # too few frames per pass
+        assert Config(env_id="CartPole-v1", envs_per_worker=16).network_precision == "float32"  # an MLP gains nothing
+        assert Config(precision="float32").network_precision == "float32"
+        assert Config(env_id="CartPole-v1", precision="bfloat16").network_precision == "bfloat16"
+
+
+def test_a_tape_replays_only_the_weights_that_acted():
+    model = ActorCritic((4, 42, 42), 5, "seed")
+    weights = bind_flat_parameters(model)
+    tape = ReplayTape(model, 2, 3, torch.float32, weights)
+    starts = torch.zeros(2, 3, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="never started"):
+        tape.replay(None, starts)
+    tape.start()
+    for _ in range(2):
+        tape.act(torch.zeros(3, 4, 42, 42, dtype=torch.uint8), None)
+    for change in (weights, model.policy.bias):
+        with torch.no_grad():  # as a worker's next sync_weights would: through the flat weights, or a parameter
+            change.add_(0.01)
+        with pytest.raises(RuntimeError, match="weights changed after the rollout was played"):
+            tape.replay(None, starts)
+        tape.start()
+        tape.act(torch.zeros(3, 4, 42, 42, dtype=torch.uint8), None)
+    tape.start()  # a new rollout with the new weights replays
+    tape.act(torch.zeros(3, 4, 42, 42, dtype=torch.uint8), None)
+    logits, values = tape.replay(None, starts[:1])
+    assert logits.shape == (1, 3, 5) and values.shape == (1, 3)
+
+
+def test_a_tape_refuses_layers_its_backward_does_not_cover():
+    model = ActorCritic((4, 42, 42), 5, "seed")
+    model.convs[1].padding = (1, 1)
+    with pytest.raises(ValueError, match="only convolutions without padding"):
+        ReplayTape(model, 2, 3, torch.float32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from a3c import reference
 from a3c.worker import returns_and_advantages
 
 GAMMA, LAMBDA = 0.9, 0.5
@@ -74,3 +75,16 @@ def test_lambda_one_gives_the_n_step_advantage():
     returns, advantages = returns_and_advantages(column(REWARDS), column(VALUES), next_values,
                                                  flags, flags, GAMMA, 1.0)
     assert advantages.squeeze(1).tolist() == pytest.approx((returns - column(VALUES)).squeeze(1).tolist())
+
+
+@pytest.mark.parametrize("gae_lambda", [1.0, 0.95])
+def test_the_worker_and_the_reference_compute_the_same_returns_and_advantages(gae_lambda):
+    generator = torch.Generator().manual_seed(0)
+    steps, batch = 20, 6
+    rewards, values, next_values = (torch.randn(steps, batch, generator=generator) for _ in range(3))
+    ended = torch.rand(steps, batch, generator=generator) < 0.15
+    terminated = ended & (torch.rand(steps, batch, generator=generator) < 0.5)  # the others: time limits
+    fast = returns_and_advantages(rewards, values, next_values, terminated, ended, 0.99, gae_lambda)
+    plain = reference.returns_and_advantages(rewards, values, next_values, terminated, ended, 0.99, gae_lambda)
+    for mine, theirs in zip(fast, plain, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)

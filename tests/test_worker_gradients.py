@@ -1,10 +1,10 @@
 """The gradient a worker hands to the shared optimizer is exactly its update's fresh gradient.
 
-The reference gradient is computed independently: a fresh model with the weights the rollout
-was played with, a step-by-step forward pass, and torch.autograd.grad. Two classic A3C bugs
-fail here: gradients accumulating across updates (grads zeroed to None while the shared copy
-keeps the old buffer, or never zeroed), and a shared grad left pointing at the first update's
-tensor (every later update re-applies a stale gradient).
+The reference gradient is a3c/reference.py's: a fresh model with the weights the rollout was played
+with, a step-by-step forward pass, and torch.autograd.grad. Two classic A3C bugs fail here:
+gradients accumulating across updates (grads zeroed to None while the shared copy keeps the old
+buffer, or never zeroed), and a shared grad left pointing at the first update's tensor (every later
+update re-applies a stale gradient).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+from a3c import reference
 from a3c.config import Config
 from a3c.envs import env_spaces
 from a3c.model import DTYPES, build_model
@@ -25,7 +25,6 @@ from a3c.shared import SharedTraining
 from a3c.worker import (
     Rollout,
     Worker,
-    returns_and_advantages,
     sample_actions,
     seed_stream,
 )
@@ -47,43 +46,29 @@ def record_acting_observations(worker: Worker) -> list[torch.Tensor]:
     """Spy on the worker's acting passes (those that record into the tape): a copy of the
     observations of each step, in order."""
     seen: list[torch.Tensor] = []
-    forward = worker.model.forward
+    tape = worker.rollout.tape
+    act = tape.act
 
-    def recording_forward(obs, state=None, weights=None, record=None):
-        if record is not None:
-            seen.append(obs.clone())
-        return forward(obs, state, weights, record)
+    def recording_act(obs, state):
+        seen.append(obs.clone())
+        return act(obs, state)
 
-    worker.model.forward = recording_forward
+    tape.act = recording_act
     return seen
 
 
 def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observations: list[torch.Tensor],
                        config: Config) -> torch.Tensor:
-    """The A3C loss gradient, recomputed one step at a time from the rollout's observations with a
-    fresh copy of the model and plain autograd, its body in the number format the worker acts in."""
+    """a3c/reference.py's gradient of the rollout, with a fresh copy of the model holding the
+    weights that acted, its body in the number format the worker acts in."""
     fresh = copy.deepcopy(model)
-    fresh.__dict__.pop("forward", None)  # the copied spy, if any
     torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
     state = None if rollout.initial_state is None else tuple(s.clone() for s in rollout.initial_state)
-    returns, advantages = returns_and_advantages(
-        rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.ended,
-        config.gamma, config.gae_lambda)
-    batch = rollout.actions.shape[1]
-    policy_loss = value_loss = entropy = 0.0
-    for t in range(rollout.steps):
-        if t > 0 and state is not None:  # a new episode starts from a zero LSTM state
-            keep = (~rollout.ended[t - 1]).float().unsqueeze(1)
-            state = (state[0] * keep, state[1] * keep)
-        logits, value, state = fresh(observations[t], state, fresh.body_weights(DTYPES[config.learner_precision]))
-        log_prob = F.log_softmax(logits, -1)
-        for b in range(batch):
-            policy_loss = policy_loss - log_prob[b, rollout.actions[t, b]] * advantages[t, b]
-            value_loss = value_loss + 0.5 * (returns[t, b] - value[b]) ** 2
-            entropy = entropy - (log_prob[b].exp() * log_prob[b]).sum()
-    loss = (policy_loss - config.entropy_coef * entropy + config.value_loss_coef * value_loss) / batch
-    grads = torch.autograd.grad(loss, list(fresh.parameters()))
-    return torch.cat([g.reshape(-1) for g in grads])
+    loss = reference.a3c_loss(fresh, observations[:rollout.steps], state, rollout.actions, rollout.rewards,
+                              rollout.next_values, rollout.terminated, rollout.ended, config.gamma,
+                              config.gae_lambda, config.entropy_coef, config.value_loss_coef,
+                              DTYPES[config.network_precision])
+    return reference.gradient(fresh, loss)
 
 
 def relative_error(received: torch.Tensor, reference: torch.Tensor) -> float:
@@ -120,17 +105,16 @@ def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, pre
         rollout = worker.collect()
         references.append(reference_gradient(worker.model, weights, rollout, observations, config))
         worker.update(rollout)
-        worker.count(rollout.steps)
     worker.close()
     assert len(recorder.received) == 4
-    for received, reference in zip(recorder.received, references):
-        assert_same_gradient(received, reference, precision)
+    for received, expected in zip(recorder.received, references, strict=True):
+        assert_same_gradient(received, expected, precision)
     # The accumulating bug would hand over previous + this gradient, the stale-pointer bug the first
     # one: over the later updates the right answer must be far nearer than either. (Summed, as one
     # small previous gradient can lie within bfloat16's rounding of the next.)
-    later = list(zip(recorder.received[1:], references[1:], references[:-1]))
-    error = sum(float((received - reference).norm()) for received, reference, _ in later)
-    assert sum(float((received - previous - reference).norm()) for received, reference, previous in later) > 3 * error
+    later = list(zip(recorder.received[1:], references[1:], references[:-1], strict=True))
+    error = sum(float((received - expected).norm()) for received, expected, _ in later)
+    assert sum(float((received - previous - expected).norm()) for received, expected, previous in later) > 3 * error
     assert sum(float((received - references[0]).norm()) for received, _, _ in later) > 3 * error
 
 
@@ -204,7 +188,7 @@ def test_the_tape_holds_exactly_the_observations_the_environments_returned(env_i
         first = worker.obs.clone()
         rollout = worker.collect()
         assert rollout.steps == 6 and not rollout.ended.any()
-        inputs = rollout.tape.layers[0]
+        inputs = rollout.tape.inputs()
         assert inputs.dtype == dtype and inputs.shape == (6 * envs, *obs_shape)
         assert torch.equal(inputs[:envs], as_acting_input(first))
         for b in range(envs):
