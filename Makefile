@@ -36,7 +36,7 @@ GREEDY ?=
 OUTPUT ?=
 # Benchmark settings.
 BENCH_WORKERS ?= 1 2
-BENCH_ENVS ?= 1 8
+BENCH_ENVS ?= 1 4 16
 BENCH_SECONDS ?= 60
 BENCH_PRECISION ?= auto
 
@@ -78,12 +78,15 @@ eval: $(VENV)/.installed
 plot: $(VENV)/.installed
 	$(BIN)/a3c plot --runs-dir $(RUNS_DIR) $(RUN) $(call opt,--output,$(OUTPUT))
 
-test: $(VENV)/.test-installed
-	$(BIN)/ruff check a3c tests scripts
+# Ruff's defaults, with bugbear, pyupgrade and ruff's own rules made explicit, zip(strict=) included.
+RUFF_RULES = --extend-select B,UP,RUF,B905
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check a3c tests scripts
+	$(BIN)/ruff check $(RUFF_RULES) a3c tests scripts
+	$(BIN)/mypy
 
 bench: $(VENV)/.installed
 	$(BIN)/python scripts/bench.py --workers $(BENCH_WORKERS) --envs-per-worker $(BENCH_ENVS) \

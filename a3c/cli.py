@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from a3c.checkpoint import (
     CheckpointError,
@@ -19,7 +19,7 @@ from a3c.config import PRESETS, Config, ConfigError
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, no usage dump
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -46,7 +46,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
         else:
-            parser.add_argument(flag, dest=f.name, type=_TYPES[f.type], default=argparse.SUPPRESS,
+            parser.add_argument(flag, dest=f.name, type=_TYPES[str(f.type)], default=argparse.SUPPRESS,
                                 metavar=f.name.upper(), help=help_text)
 
 

@@ -11,11 +11,15 @@ import dataclasses
 import functools
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 REWARD_TRANSFORMS = ("auto", "clip", "scale")
+BODIES = ("auto", "mnih2013", "tutorial", "mlp")
+# Names that earlier versions wrote into config.json and checkpoints, read as their new names.
+RENAMED_BODIES = {"seed": "tutorial", "nature": "mnih2013"}
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
 
 
@@ -27,12 +31,12 @@ class ConfigError(ValueError):
 PRESETS: dict[str, dict[str, Any]] = {
     # The seed tutorial's network and reward scaling, with ikostrikov/pytorch-a3c's rollout length:
     # the defaults of earlier versions.
-    "seed": {"screen_size": 42, "body": "seed", "envs_per_worker": 1, "t_max": 20, "lr": 1e-4,
-             "reward_transform": "scale"},
+    "tutorial": {"screen_size": 42, "body": "tutorial", "envs_per_worker": 1, "t_max": 20, "lr": 1e-4,
+                 "reward_transform": "scale"},
     # Mnih et al. 2016's A3C FF: 84x84 frames, the network of Mnih et al. 2013, one environment per
     # worker, t_max 5, clipped rewards, the learning rate annealed to zero (with Adam at
     # ikostrikov's lr 1e-4 in place of the paper's shared RMSProp, whose lr was searched per game).
-    "paper": {"screen_size": 84, "body": "nature", "envs_per_worker": 1, "t_max": 5, "lr": 1e-4,
+    "paper": {"screen_size": 84, "body": "mnih2013", "envs_per_worker": 1, "t_max": 5, "lr": 1e-4,
               "lr_anneal": True, "reward_transform": "clip"},
 }
 
@@ -49,7 +53,7 @@ class Config:
         "Gymnasium id: an ALE Atari game, or any env with a flat Box observation and Discrete actions"))
     workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata=_help(
         "worker processes, each with its own environments", f"one per CPU core, {os.cpu_count()} here"))
-    envs_per_worker: int = field(default=16, metadata=_help(
+    envs_per_worker: int = field(default=4, metadata=_help(
         "environments per worker, stepped in turn with one batched forward pass (Hogwild between workers)"))
     total_frames: int = field(default=20_000_000, metadata=_help(
         "stop after this many environment frames (Atari frames count the frame skip)"))
@@ -59,8 +63,8 @@ class Config:
         "base seed: worker i seeds its environment and sampling from (seed, i)"))
 
     # Atari preprocessing (ignored for vector environments).
-    screen_size: int = field(default=42, metadata=_help(
-        "square grey frame side: 42 as in the seed's network, 84 as in the paper"))
+    screen_size: int = field(default=84, metadata=_help(
+        "square grey frame side: 84 as in the paper, 42 for the tutorial body"))
     frame_skip: int = field(default=4, metadata=_help("emulator frames per agent step, max-pooled"))
     frame_stack: int = field(default=4, metadata=_help("frames stacked into one observation"))
     noop_max: int = field(default=30, metadata=_help("up to this many no-op frames at each reset"))
@@ -77,8 +81,9 @@ class Config:
 
     # Model.
     body: str = field(default="auto", metadata=_help(
-        "network body: seed (3 conv 32@3x3/2, fc 128), nature (the paper's 16@8x8/4, 32@4x4/2, fc 256), "
-        "mlp (vector observations); auto picks seed for Atari, mlp otherwise"))
+        "network body: mnih2013 (16@8x8/4, 32@4x4/2, fc 256: Mnih et al. 2013's network, which the A3C "
+        "paper used; for 84x84), tutorial (the seed tutorial's 3 conv 32@3x3/2, fc 128; for 42x42), mlp "
+        "(vector observations); auto picks mnih2013 for Atari, mlp otherwise"))
     lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
     mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
     precision: str = field(default="auto", metadata=_help(
@@ -124,8 +129,12 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
         """A Config from saved or user settings. Settings files of earlier versions are read as
-        they were meant: `reward_clip` (true: clip, false: scale) became `reward_transform`."""
+        they were meant: `reward_clip` (true: clip, false: scale) became `reward_transform`, and
+        the bodies `seed` and `nature` are called `tutorial` and `mnih2013`."""
         values = dict(values)
+        if values.get("body") in RENAMED_BODIES:
+            old, values["body"] = values["body"], RENAMED_BODIES[values["body"]]
+            print(f"a3c: note: body {old!r} is now called {values['body']!r}", file=sys.stderr)
         if "reward_clip" in values:
             clip = values.pop("reward_clip")
             values.setdefault("reward_transform", "clip" if clip else "scale")
@@ -168,7 +177,7 @@ class Config:
     def model_body(self) -> str:
         if self.body != "auto":
             return self.body
-        return "seed" if self.is_atari else "mlp"
+        return "mnih2013" if self.is_atari else "mlp"
 
     @property
     def network_precision(self) -> str:
@@ -223,8 +232,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"sticky_actions must lie in [0, 1), got {config.sticky_actions}")
     if config.reward_scale is not None:
         _positive("reward_scale", config.reward_scale)
-    if config.body not in ("auto", "seed", "nature", "mlp"):
-        raise ConfigError(f"body must be one of auto, seed, nature, mlp; got {config.body!r}")
+    if config.body not in BODIES:
+        raise ConfigError(f"body must be one of {', '.join(BODIES)}; got {config.body!r}")
     if config.reward_transform not in REWARD_TRANSFORMS:
         raise ConfigError(f"reward_transform must be auto, clip or scale; got {config.reward_transform!r}")
     if config.precision not in PRECISIONS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, cast
 
 import cv2
 import gymnasium as gym
@@ -38,7 +38,7 @@ class AtariEnv(gym.Env):
     `truncated` the frame limit.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 60}
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 60}  # noqa: RUF012 -- as gym.Env
 
     def __init__(self, env_id: str, screen_size: int = 42, frame_skip: int = 4, frame_stack: int = 4,
                  noop_max: int = 30, sticky_actions: float = 0.0, max_episode_frames: int = 108_000,
@@ -47,7 +47,7 @@ class AtariEnv(gym.Env):
         # frameskip=1: the skip and its max-pooling happen here; no time limit: ours counts frames.
         self._base = gym.make(env_id, frameskip=1, repeat_action_probability=sticky_actions,
                               full_action_space=False, max_episode_steps=None, render_mode=render_mode)
-        self._emulator = self._base.unwrapped
+        self._emulator = cast(Any, self._base.unwrapped)  # ale_py's AtariEnv: untyped
         self._ale = self._emulator.ale
         self._actions = list(self._emulator._action_set)
         self.render_mode = render_mode
@@ -164,10 +164,24 @@ def make_env(config: Config, seed: int | None = None, render_mode: str | None = 
     return env
 
 
+def observation_shape(env: gym.Env) -> tuple[int, ...]:
+    """The shape of one observation of `env` (made by make_env: a Box)."""
+    shape = env.observation_space.shape
+    assert shape is not None, "make_env gives Box observations"
+    return tuple(shape)
+
+
+def action_count(env: gym.Env) -> int:
+    """The number of actions of `env` (made by make_env: Discrete)."""
+    space = env.action_space
+    assert isinstance(space, gym.spaces.Discrete), "make_env gives Discrete actions"
+    return int(space.n)
+
+
 def env_spaces(config: Config) -> tuple[tuple[int, ...], int]:
     """Observation shape and number of actions of `config`'s environment."""
     env = make_env(config)
     try:
-        return tuple(env.observation_space.shape), int(env.action_space.n)
+        return observation_shape(env), action_count(env)
     finally:
         env.close()

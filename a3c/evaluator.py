@@ -158,10 +158,11 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
                                     should_stop=should_stop)
             if score is None:  # cut short by the stop signal
                 return
+            assert log is not None  # opened before the first evaluation
             log.write(frames, episodes, shared.elapsed(), score)
-        improved = score is not None and (best_score is None or score.mean_reward > best_score)
-        if improved:
-            best_score = score.mean_reward
+        improved = False
+        if score is not None and (best_score is None or score.mean_reward > best_score):
+            improved, best_score = True, score.mean_reward
         payload = checkpoint_payload(config, shared, cpu_model.state_dict(), obs_shape, n_actions,
                                      frames, episodes, None if score is None else asdict(score), best_score)
         save_checkpoint(checkpoints / LATEST, payload)

@@ -59,7 +59,11 @@ class RunLogger:
         self.config = config
         self.stream = stream if stream is not None else sys.stdout
         start = time.time()
-        self.elapsed = elapsed or (lambda at=None: (time.time() if at is None else at) - start)
+
+        def since_start(at: float | None) -> float:
+            return (time.time() if at is None else at) - start
+
+        self.elapsed = elapsed or since_start
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.recent_lengths: deque[int] = deque(maxlen=RECENT_EPISODES)
         self.last_eval: dict[str, float] | None = None

@@ -15,17 +15,24 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # Config's numb
 
 
 def _conv_layers(body: str, channels: int) -> tuple[nn.ModuleList, int]:
-    if body == "seed":  # the seed tutorial's network, sized for 42x42
+    if body == "tutorial":  # the seed tutorial's network, sized for 42x42
         layers = [nn.Conv2d(channels, 32, 3, stride=2), nn.Conv2d(32, 32, 3, stride=2),
                   nn.Conv2d(32, 32, 3, stride=2)]
         return nn.ModuleList(layers), 128
-    if body == "nature":  # Mnih et al. 2016 (after Mnih et al. 2013), sized for 84x84
+    if body == "mnih2013":  # Mnih et al. 2013's network, which the A3C paper used; sized for 84x84
         layers = [nn.Conv2d(channels, 16, 8, stride=4), nn.Conv2d(16, 32, 4, stride=2)]
         return nn.ModuleList(layers), 256
     raise ValueError(f"unknown conv body {body!r}")
 
 
 BodyWeights = list[tuple[torch.Tensor, torch.Tensor]]  # (weight, bias) of each body layer
+
+
+def bias_of(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
+    """The bias of a body layer: every one has one."""
+    if layer.bias is None:
+        raise ValueError(f"{layer} has no bias")
+    return layer.bias
 
 
 class ActorCritic(nn.Module):
@@ -36,7 +43,7 @@ class ActorCritic(nn.Module):
     where nn.Module call overhead was about a fifth of the time.
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, body: str = "seed",
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, body: str = "tutorial",
                  lstm: bool = False, mlp_hidden: int = 64) -> None:
         super().__init__()
         self.obs_shape = tuple(obs_shape)
@@ -61,7 +68,7 @@ class ActorCritic(nn.Module):
         # Orthogonal weights; a near-uniform initial policy and a unit-scale value head.
         for module in self.body_layers():
             nn.init.orthogonal_(module.weight, math.sqrt(2))
-            nn.init.zeros_(module.bias)
+            nn.init.zeros_(bias_of(module))
         nn.init.orthogonal_(self.policy.weight, 0.01)
         nn.init.zeros_(self.policy.bias)
         nn.init.orthogonal_(self.value.weight, 1.0)
@@ -80,7 +87,7 @@ class ActorCritic(nn.Module):
             if isinstance(layer, nn.Conv2d):
                 _, *sides = shapes[-1]
                 shapes.append((layer.out_channels, *((side - kernel) // stride + 1 for side, kernel, stride
-                                                     in zip(sides, layer.kernel_size, layer.stride))))
+                                                     in zip(sides, layer.kernel_size, layer.stride, strict=True))))
             else:
                 shapes.append((layer.out_features,))
         return shapes
@@ -95,7 +102,7 @@ class ActorCritic(nn.Module):
         """The body's weights and biases in `dtype`, convolution weights channels-last (oneDNN's
         layout, so no conversion per call). A worker makes them once per rollout (replay.py)."""
         return [(layer.weight.to(dtype).contiguous(memory_format=torch.channels_last)
-                 if isinstance(layer, nn.Conv2d) else layer.weight.to(dtype), layer.bias.to(dtype))
+                 if isinstance(layer, nn.Conv2d) else layer.weight.to(dtype), bias_of(layer).to(dtype))
                 for layer in self.body_layers()]
 
     def encode(self, obs: torch.Tensor, weights: BodyWeights | None = None,

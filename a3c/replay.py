@@ -138,6 +138,7 @@ class ReplayTape:
                                      layer.stride if conv else None, model.activation)
         features = x.float()
         if model.lstm is not None:  # step by step; the heads then run batched
+            assert initial_state is not None  # an LSTM model always carries a state
             state, hidden = initial_state, []
             for t, step_features in enumerate(features.view(steps, batch, -1)):
                 keep = (~episode_starts[t]).float().unsqueeze(-1)

@@ -62,7 +62,7 @@ class SharedAdam:
     def state_dict(self) -> dict[str, Any]:
         """A snapshot in torch.optim.Adam's format, cloned out of shared memory."""
         state = {i: {"step": s.clone(), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
-                 for i, (s, m, v) in enumerate(zip(self.steps, self.exp_avgs, self.exp_avg_sqs))}
+                 for i, (s, m, v) in enumerate(zip(self.steps, self.exp_avgs, self.exp_avg_sqs, strict=True))}
         group = {"lr": self.lr, "betas": self.betas, "eps": self.eps,
                  "weight_decay": self.weight_decay, "amsgrad": False, "maximize": False,
                  "params": list(range(len(self.params)))}
@@ -74,7 +74,7 @@ class SharedAdam:
         state = state_dict["state"]
         if len(state) != len(self.params):
             raise ValueError(f"optimizer state has {len(state)} parameters, expected {len(self.params)}")
-        for i, (s, m, v) in enumerate(zip(self.steps, self.exp_avgs, self.exp_avg_sqs)):
+        for i, (s, m, v) in enumerate(zip(self.steps, self.exp_avgs, self.exp_avg_sqs, strict=True)):
             entry = state[i]
             if entry["exp_avg"].shape != m.shape:
                 raise ValueError(f"optimizer state {i} has shape {tuple(entry['exp_avg'].shape)}, "

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final, cast
 
 import psutil
 import torch
@@ -48,7 +48,7 @@ from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
 from a3c.worker import run_worker, seed_stream
 
 # spawn: a CUDA evaluator cannot live in a forked child of a process that holds torch state.
-START_METHOD = "spawn"
+START_METHOD: Final = "spawn"
 POLL_S = 0.25
 WORKER_STOP_TIMEOUT_S = 30.0
 EVALUATOR_STOP_TIMEOUT_S = 600.0
@@ -196,7 +196,7 @@ class Trainer:
             time.sleep(timeout)  # nothing to read: this is the monitor's idle tick
             return
         for conn in wait(conns, timeout):
-            self._read_all(conn)
+            self._read_all(cast(Connection, conn))
 
     def _read_all(self, conn: Connection) -> None:
         try:

@@ -23,6 +23,11 @@ ATARI_FPS = 60
 MIN_FREE_BYTES = 1 << 20  # less room than this after a video was written: it was cut short
 
 
+def _rgb(env: gym.Env) -> np.ndarray | None:
+    frame = env.render()  # an rgb_array environment renders one RGB array
+    return frame if isinstance(frame, np.ndarray) else None
+
+
 def _video_failure(path: Path) -> str:
     if shutil.disk_usage(path.parent).free < MIN_FREE_BYTES:
         return write_failure(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
@@ -38,21 +43,22 @@ class VideoRecorder:
         with writing(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
         self.prefix, self.scale = prefix, scale
-        self.atari = isinstance(env.unwrapped, AtariEnv)
+        self.atari_env = env.unwrapped if isinstance(env.unwrapped, AtariEnv) else None
+        self.atari = self.atari_env is not None
         self.fps = ATARI_FPS if self.atari else int(env.metadata.get("render_fps", 30))
         self.episode: int | None = None
         self.writer: cv2.VideoWriter | None = None
         self.paths: list[Path] = []
         self.frames: list[int] = []
-        if self.atari:  # every emulator frame, not just the one the agent sees
-            env.unwrapped.on_emulator_frame = self._add
+        if self.atari_env is not None:  # every emulator frame, not just the one the agent sees
+            self.atari_env.on_emulator_frame = self._add
 
     def on_step(self, episode: int, env: gym.Env) -> None:
         if episode != self.episode:
             self._open(episode)
-            self._add(env.render())  # the first frame after reset
+            self._add(_rgb(env))  # the first frame after reset
         elif not self.atari:
-            self._add(env.render())
+            self._add(_rgb(env))
 
     def _open(self, episode: int) -> None:
         self._finish()
@@ -67,7 +73,7 @@ class VideoRecorder:
             rgb = cv2.resize(rgb, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_NEAREST)
         if self.writer is None:
             height, width = rgb.shape[:2]
-            self.writer = cv2.VideoWriter(str(self.paths[-1]), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+            self.writer = cv2.VideoWriter(str(self.paths[-1]), cv2.VideoWriter.fourcc(*"mp4v"), self.fps,
                                           (width, height))
             if not self.writer.isOpened():
                 self.writer = None
@@ -86,5 +92,5 @@ class VideoRecorder:
 
     def close(self) -> None:
         self._finish()
-        if self.atari:
-            self.env.unwrapped.on_emulator_frame = None
+        if self.atari_env is not None:
+            self.atari_env.on_emulator_frame = None

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from a3c.config import Config
-from a3c.envs import make_env
+from a3c.envs import action_count, make_env, observation_shape
 from a3c.messages import EpisodeFinished, LearnerStats, UpdateSkipped
 from a3c.model import (
     DTYPES,
@@ -57,20 +57,19 @@ def returns_and_advantages(rewards: torch.Tensor, values: torch.Tensor, next_val
     an episode finished by termination or truncation at step t; neither recursion crosses it.
     """
     # numpy: the T-step recursion on tiny arrays costs a tenth of the same torch ops' dispatch.
-    rewards, values, next_values = rewards.numpy(), values.numpy(), next_values.numpy()
+    reward, value, next_value = rewards.numpy(), values.numpy(), next_values.numpy()
     not_terminal = 1.0 - terminated.numpy().astype(np.float32)
     continues = 1.0 - ended.numpy().astype(np.float32)
-    steps = rewards.shape[0]
-    returns = np.empty_like(rewards)
-    advantages = np.empty_like(rewards)
-    running_return = next_values[-1]
-    running_advantage = np.zeros_like(rewards[0])
-    for t in reversed(range(steps)):
+    returns = np.empty_like(reward)
+    advantages = np.empty_like(reward)
+    running_return = next_value[-1]
+    running_advantage = np.zeros_like(reward[0])
+    for t in reversed(range(reward.shape[0])):
         # Where the episode ended at t, restart the return from that step's own bootstrap value.
-        bootstrap = continues[t] * running_return + (1.0 - continues[t]) * next_values[t]
-        running_return = rewards[t] + gamma * not_terminal[t] * bootstrap
+        bootstrap = continues[t] * running_return + (1.0 - continues[t]) * next_value[t]
+        running_return = reward[t] + gamma * not_terminal[t] * bootstrap
         returns[t] = running_return
-        delta = rewards[t] + gamma * not_terminal[t] * next_values[t] - values[t]
+        delta = reward[t] + gamma * not_terminal[t] * next_value[t] - value[t]
         running_advantage = delta + gamma * gae_lambda * continues[t] * running_advantage
         advantages[t] = running_advantage
     return torch.from_numpy(returns), torch.from_numpy(advantages)
@@ -195,8 +194,8 @@ class Worker:
         env_seed, sampling_seed = seeds.generate_state(2)
         self.rng = np.random.default_rng(int(sampling_seed))
         self.envs = [make_env(config, seed=int(env_seed) + i) for i in range(config.envs_per_worker)]
-        obs_shape = tuple(self.envs[0].observation_space.shape)
-        self.n_actions = int(self.envs[0].action_space.n)
+        obs_shape = observation_shape(self.envs[0])
+        self.n_actions = action_count(self.envs[0])
         self.model = build_model(config, obs_shape, self.n_actions)
         self.local_params = bind_flat_parameters(self.model)
         self.grad = bind_flat_gradients(self.model)
@@ -242,6 +241,7 @@ class Worker:
             rewards, terminals, ends = [], [], []  # written to the rollout once per step
             for b, (env, action) in enumerate(zip(envs, actions.tolist(), strict=True)):
                 obs, reward, terminated, truncated, _ = env.step(action)
+                reward = float(reward)
                 rewards.append(reward)
                 terminals.append(terminated)
                 ends.append(terminated or truncated)
@@ -263,8 +263,8 @@ class Worker:
         # the next value is the new episode's: returns_and_advantages masks it.)
         rollout.next_values[:steps - 1] = rollout.values[1:steps]
         rollout.next_values[steps - 1] = tape.peek(self.obs, self.state)[1]
-        for t, b, value in truncated_values:
-            rollout.next_values[t, b] = value
+        for t, b, final_value in truncated_values:
+            rollout.next_values[t, b] = final_value
 
     def _end_episode(self, env_index: int) -> None:
         self.finished.append(EpisodeRecord(self.worker_id, self.episode_returns[env_index],

@@ -44,7 +44,7 @@ def ours(n_envs: int, seconds: float) -> float:
         env.reset(seed=i)
 
     def step(actions: np.ndarray) -> None:
-        for env, action in zip(envs, actions):
+        for env, action in zip(envs, actions, strict=True):
             _, _, terminated, truncated, _ = env.step(int(action))
             if terminated or truncated:
                 env.reset()

@@ -12,7 +12,7 @@ from a3c.replay import ReplayTape
 
 @pytest.mark.parametrize("size", [42, 84])
 def test_atari_observations_are_stacked_uint8_frames(size):
-    env = make_env(Config(screen_size=size, body="seed" if size == 42 else "nature"), seed=3)
+    env = make_env(Config(screen_size=size, body="tutorial" if size == 42 else "mnih2013"), seed=3)
     try:
         obs, _ = env.reset(seed=3)
         assert obs.shape == (4, size, size) and obs.dtype == np.uint8
@@ -70,8 +70,8 @@ def test_unsupported_environments_are_refused_clearly(env_id, message):
         make_env(Config(env_id=env_id))
 
 
-@pytest.mark.parametrize("body,size,lstm", [("seed", 42, False), ("seed", 42, True),
-                                            ("nature", 84, False), ("nature", 84, True)])
+@pytest.mark.parametrize("body,size,lstm", [("tutorial", 42, False), ("tutorial", 42, True),
+                                            ("mnih2013", 84, False), ("mnih2013", 84, True)])
 def test_conv_model_shapes(body, size, lstm):
     model = build_model(Config(body=body, screen_size=size, lstm=lstm), (4, size, size), 6)
     obs = torch.randint(0, 255, (3, 4, size, size), dtype=torch.uint8)
@@ -80,8 +80,8 @@ def test_conv_model_shapes(body, size, lstm):
     assert (state is None) == (not lstm)
 
 
-def test_seed_body_matches_the_tutorial_network():
-    model = build_model(Config(), (4, 42, 42), 14)
+def test_the_tutorial_body_matches_the_seed_tutorial_network():
+    model = build_model(Config(body="tutorial", screen_size=42), (4, 42, 42), 14)
     assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in model.convs] == [
         (4, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (2, 2))]
     (fc,) = model.hidden
@@ -89,8 +89,8 @@ def test_seed_body_matches_the_tutorial_network():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("body,obs_shape,lstm", [("seed", (4, 42, 42), False), ("seed", (4, 42, 42), True),
-                                                 ("nature", (4, 84, 84), False), ("mlp", (4,), True)])
+@pytest.mark.parametrize("body,obs_shape,lstm", [("tutorial", (4, 42, 42), False), ("tutorial", (4, 42, 42), True),
+                                                 ("mnih2013", (4, 84, 84), False), ("mlp", (4,), True)])
 def test_replaying_the_tape_gives_the_acting_outputs_and_their_exact_gradient(body, obs_shape, lstm, dtype):
     torch.manual_seed(0)
     model = ActorCritic(obs_shape, 5, body, lstm)
@@ -158,7 +158,7 @@ def test_auto_precision_is_bfloat16_only_for_batched_conv_bodies_on_cpus_with_na
 
 
 def test_a_tape_replays_only_the_weights_that_acted():
-    model = ActorCritic((4, 42, 42), 5, "seed")
+    model = ActorCritic((4, 42, 42), 5, "tutorial")
     weights = bind_flat_parameters(model)
     tape = ReplayTape(model, 2, 3, torch.float32, weights)
     starts = torch.zeros(2, 3, dtype=torch.bool)
@@ -181,7 +181,7 @@ def test_a_tape_replays_only_the_weights_that_acted():
 
 
 def test_a_tape_refuses_layers_its_backward_does_not_cover():
-    model = ActorCritic((4, 42, 42), 5, "seed")
+    model = ActorCritic((4, 42, 42), 5, "tutorial")
     model.convs[1].padding = (1, 1)
     with pytest.raises(ValueError, match="only convolutions without padding"):
         ReplayTape(model, 2, 3, torch.float32)

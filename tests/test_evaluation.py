@@ -82,15 +82,15 @@ def test_atari_rewards_are_clipped_to_their_sign_by_default():
         assert Config(env_id=env_id).training_reward_transform == "clip"
     assert Config(env_id="CartPole-v1").training_reward_transform == "scale"
     assert Config(env_id="CartPole-v1").training_reward_scale == 1.0
-    seed = Config(env_id="ALE/Pong-v5", **PRESETS["seed"])
-    assert (seed.training_reward_transform, seed.training_reward_scale) == ("scale", 0.01)
+    tutorial = Config(env_id="ALE/Pong-v5", **PRESETS["tutorial"])
+    assert (tutorial.training_reward_transform, tutorial.training_reward_scale) == ("scale", 0.01)
 
 
-@pytest.mark.parametrize("preset,expected", [(None, 1.0), ("seed", 0.01)])
+@pytest.mark.parametrize("preset,expected", [(None, 1.0), ("tutorial", 0.01)])
 def test_a_pong_worker_hands_the_learner_the_chosen_transform_of_the_points(preset, expected):
     settings = PRESETS[preset] if preset else {}
     config = Config(**{**settings, "env_id": "ALE/Pong-v5", "workers": 1, "envs_per_worker": 1,
-                       "t_max": 100, "screen_size": 42, "body": "seed"})
+                       "t_max": 100, "screen_size": 42, "body": "tutorial"})
     shared = SharedTraining.create(build_model(config, (4, 42, 42), 6), config)
     worker = Worker(0, config, shared, seed_stream(config.seed, 0))
     try:
@@ -109,11 +109,11 @@ def test_a_pong_worker_hands_the_learner_the_chosen_transform_of_the_points(pres
         worker.close()
 
 
-def test_a_configuration_saved_by_an_earlier_version_keeps_its_meaning(tmp_path):
+def test_a_configuration_saved_by_an_earlier_version_keeps_its_meaning(tmp_path, capsys):
     # As written by the version whose defaults were one environment per worker, t_max 20, lr 1e-4,
     # scaled rewards and greedy evaluation.
     saved = {**Config().to_dict(), "envs_per_worker": 1, "t_max": 20, "lr": 1e-4, "eval_greedy": True,
-             "reward_scale": None}
+             "reward_scale": None, "body": "seed", "screen_size": 42}
     del saved["reward_transform"]
     for clip, transform, scale in ((False, "scale", 0.01), (True, "clip", 1.0)):
         (tmp_path / "config.json").write_text(json.dumps({**saved, "reward_clip": clip}))
@@ -121,3 +121,7 @@ def test_a_configuration_saved_by_an_earlier_version_keeps_its_meaning(tmp_path)
         assert (config.training_reward_transform, config.training_reward_scale) == (transform, scale)
         assert config.eval_greedy is True
         assert (config.envs_per_worker, config.t_max, config.lr) == (1, 20, 1e-4)
+        assert (config.body, config.screen_size) == ("tutorial", 42)
+        assert "body 'seed' is now called 'tutorial'" in capsys.readouterr().err
+    nature = Config.from_dict({**saved, "body": "nature", "screen_size": 84})
+    assert nature.model_body == "mnih2013"

@@ -47,7 +47,7 @@ def test_eval_video_matches_the_episode(tmp_path, capsys, env_id, fps, frames_pe
         pytest.importorskip("pygame")  # the optional video extra draws classic-control games
     # An untrained model, and a short frame limit so the Atari episode ends quickly.
     config = Config(env_id=env_id, max_episode_frames=400)
-    shape = (4, 42, 42) if config.is_atari else (4,)
+    shape = (4, config.screen_size, config.screen_size) if config.is_atari else (4,)
     n_actions = 14 if config.is_atari else 2
     write_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", config, shape, n_actions)
     assert main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoints" / "best.pt"), "--episodes", "1",

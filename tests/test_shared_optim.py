@@ -23,11 +23,11 @@ def test_matches_torch_adam_exactly():
     torch_adam = torch.optim.Adam(reference, lr=1e-2, eps=1e-8, fused=ours.fused)
     for step in range(6):
         grads = _grads(step)
-        for p, g in zip(reference, grads):
+        for p, g in zip(reference, grads, strict=True):
             p.grad = g.clone()
         torch_adam.step()
         ours.step(grads)
-        for mine, theirs in zip(shared, reference):
+        for mine, theirs in zip(shared, reference, strict=True):
             assert torch.equal(mine, theirs.detach())
     theirs = torch_adam.state_dict()["state"]
     mine = ours.state_dict()["state"]
@@ -64,7 +64,7 @@ def test_step_in_child_process_is_visible_in_parent():
     process.start()
     process.join(timeout=120)
     assert process.exitcode == 0
-    assert all(not torch.equal(b, p) for b, p in zip(before, params))
+    assert all(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
     assert float(optimizer.steps[0]) == 1.0
     assert float(optimizer.exp_avg_sqs[0].abs().sum()) > 0
 
