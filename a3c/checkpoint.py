@@ -55,6 +55,25 @@ def write_failure(path: str | Path, error: OSError) -> str:
             + (" (the disk is full: free some space, then --resume the run)" if full else ""))
 
 
+def new_run_dir(config: Config) -> Path:
+    name = config.run_name or (config.env_id.split("/")[-1].removesuffix("-v5").removesuffix("-v1")
+                               + time.strftime("-%Y%m%d-%H%M%S"))
+    root = Path(config.runs_dir)
+    path = root / name
+    suffix = 1
+    while True:
+        try:
+            path.mkdir(parents=True)  # atomic: two trainers never get the same new directory
+            return path
+        except FileExistsError:
+            suffix += 1
+            path = root / f"{name}-{suffix}"
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise RunWriteError(write_failure(path, error)) from None
+            raise CheckpointError(f"cannot create run directory {path}: {error.strerror}") from None
+
+
 def lock_run_dir(run_dir: Path) -> IO[str]:
     """Hold `run_dir` for this process with an advisory lock (flock) on a file in it, which the
     operating system releases when the process ends however it ends, so a killed run never leaves a

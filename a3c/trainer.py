@@ -3,7 +3,6 @@ log, and stop cleanly. The parent never computes gradients and never touches CUD
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -24,9 +23,9 @@ import torch.multiprocessing as mp
 from a3c.checkpoint import (
     RunWriteError,
     lock_run_dir,
+    new_run_dir,
     restore_model,
     restore_training,
-    write_failure,
     writing,
 )
 from a3c.config import Config, ConfigError, validate
@@ -66,25 +65,6 @@ def resident_memory() -> int:
         except psutil.Error:  # a child that just exited
             pass
     return total
-
-
-def new_run_dir(config: Config) -> Path:
-    name = config.run_name or (config.env_id.split("/")[-1].removesuffix("-v5").removesuffix("-v1")
-                               + time.strftime("-%Y%m%d-%H%M%S"))
-    root = Path(config.runs_dir)
-    path = root / name
-    suffix = 1
-    while True:
-        try:
-            path.mkdir(parents=True)  # atomic: two trainers never get the same new directory
-            return path
-        except FileExistsError:
-            suffix += 1
-            path = root / f"{name}-{suffix}"
-        except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise RunWriteError(write_failure(path, error)) from None
-            raise ConfigError(f"cannot create run directory {path}: {error.strerror}") from None
 
 
 def check_model_fits(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> None:

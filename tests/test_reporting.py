@@ -123,3 +123,14 @@ def test_help_shows_every_default():
     for flag in ("--workers", "--total-frames", "--lr", "--gamma", "--t-max", "--lstm", "--envs-per-worker"):
         assert flag in result.stdout
     assert result.stdout.count("(default:") >= len(Config.__dataclass_fields__)
+
+
+def test_plot_starts_without_torch(tmp_path):
+    # A plot needs the run's CSV and JSON files only: no torch, no gymnasium, no emulator.
+    _fake_run(tmp_path / "runs" / "a")
+    script = ("import sys\nfrom a3c.cli import main\n"
+              f"code = main(['plot', {str(tmp_path / 'runs' / 'a')!r}])\n"
+              "print(code, sorted(m for m in ('torch', 'gymnasium', 'ale_py') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=120)
+    assert result.stdout.split("\n")[-2] == "0 []", result.stdout
+    assert (tmp_path / "runs" / "a" / "plot.png").read_bytes().startswith(PNG_MAGIC)
