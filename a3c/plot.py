@@ -97,6 +97,7 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path, window: int = 
     for axis in axes.flat:
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_formatter(EngFormatter())
+    for axis in axes[:, 0]:  # the right column shares the left's lines and colours
         if axis.get_legend_handles_labels()[0]:
             axis.legend(loc="best", fontsize="small")
     figure.tight_layout()
