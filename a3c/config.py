@@ -184,7 +184,7 @@ class Config:
         """`precision` resolved on this machine: float32 or bfloat16."""
         if self.precision != "auto":
             return self.precision
-        # Measured (README, Performance): only convolutions gain, and only on batches of
+        # Measured (docs/benchmarks.md): only convolutions gain, and only on batches of
         # BFLOAT16_MIN_ENVS frames or more; on fewer a bfloat16 pass is slower than a float32 one.
         fast = self.model_body != "mlp" and self.envs_per_worker >= BFLOAT16_MIN_ENVS and cpu_has_native_bfloat16()
         return "bfloat16" if fast else "float32"
@@ -242,6 +242,6 @@ def validate(config: Config) -> None:
     if config.eval_device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"eval_device must be auto, cuda or cpu; got {config.eval_device!r}")
     if config.is_atari and config.model_body == "mlp":
-        raise ConfigError("an Atari game needs a conv body (seed or nature), not mlp")
+        raise ConfigError("an Atari game needs a conv body (mnih2013 or tutorial), not mlp")
     if not config.is_atari and config.model_body != "mlp":
         raise ConfigError(f"{config.env_id} has vector observations: use body mlp")

@@ -81,7 +81,7 @@ class ActorCritic(nn.Module):
         return [*self.convs, *self.hidden]
 
     def activation_shapes(self) -> list[tuple[int, ...]]:
-        """Per-frame shapes of the body's input and of each body layer's output (see Tape)."""
+        """Per-frame shapes of the body's input and of each body layer's output (see replay.ReplayTape)."""
         shapes = [self.obs_shape]
         for layer in self.body_layers():
             if isinstance(layer, nn.Conv2d):

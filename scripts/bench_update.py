@@ -1,14 +1,14 @@
 """Micro-benchmark of a worker's network compute per agent step, one thread, no environment:
 
-    python scripts/bench_update.py [--envs 1 8 16] [--repeats 30]
+    python scripts/bench_update.py [--envs 1 4 16] [--repeats 30] [--body mnih2013 --screen-size 84]
 
-For each number of environments per worker B it times, per rollout of t_max=20 steps, in ms per
-agent step (one pass over all B environments):
-  acting          - 20 no-grad passes on B frames, recording the body's activations in the tape
+For each number of environments per worker B it times, per rollout of t_max=5 steps, in ms per
+agent step (one pass over all B environments), with the default network unless told otherwise:
+  acting          - 5 no-grad passes on B frames, recording the body's activations in the tape
                     (float32, and bfloat16 with bfloat16 weights)
   replay update   - the update's backward pass from the tape (what the worker does), float32 and
                     bfloat16: the heads run again, the body is only differentiated
-  recompute       - for comparison, the earlier way: one batched forward of the body over the 20*B
+  recompute       - for comparison, the earlier way: one batched forward of the body over the 5*B
                     frames with autograd, then the backward (bfloat16 under autocast)
   adam step       - one SharedAdam step on the flat parameter vector
 Memory is kept as a worker keeps it (worker.keep_freed_memory) unless --default-malloc is given.
@@ -30,7 +30,7 @@ from a3c.replay import ReplayTape
 from a3c.shared_optim import SharedAdam
 from a3c.worker import keep_freed_memory
 
-T = 20
+T = Config().t_max
 COLUMNS = ("acting f32", "acting bf16", "replay f32", "replay bf16", "recompute f32", "recompute bf16", "adam step")
 
 
@@ -44,8 +44,9 @@ def per_step_ms(run, repeats: int) -> float:
 
 
 def measure(model, optimizer: SharedAdam, batch: int, repeats: int) -> list[float]:
-    # (T, B, 4, 42, 42) frames stored channels-last, as a worker stores them
-    obs = torch.randint(0, 256, (T, batch, 42, 42, 4), dtype=torch.uint8).permute(0, 1, 4, 2, 3)
+    channels, height, width = model.obs_shape
+    # (T, B, C, H, W) frames stored channels-last, as a worker stores them
+    obs = torch.randint(0, 256, (T, batch, height, width, channels), dtype=torch.uint8).permute(0, 1, 4, 2, 3)
     starts = torch.zeros(T, batch, dtype=torch.bool)
     tapes = {dtype: ReplayTape(model, T, batch, dtype) for dtype in (torch.float32, torch.bfloat16)}
     grad = torch.randn_like(optimizer.params[0])
@@ -62,7 +63,7 @@ def measure(model, optimizer: SharedAdam, batch: int, repeats: int) -> list[floa
 
     def recompute(dtype: torch.dtype) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            logits, values, _ = model(obs.reshape(T * batch, 4, 42, 42))
+            logits, values, _ = model(obs.reshape(T * batch, *model.obs_shape))
         (logits.float().sum() + values.float().sum()).backward()
 
     for dtype in tapes:
@@ -76,7 +77,9 @@ def measure(model, optimizer: SharedAdam, batch: int, repeats: int) -> list[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--envs", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--body", default=Config().model_body, choices=("mnih2013", "tutorial"))
+    parser.add_argument("--screen-size", type=int, default=Config().screen_size)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--default-malloc", action="store_true", help="leave glibc's defaults, for comparison")
     args = parser.parse_args()
@@ -84,7 +87,8 @@ def main() -> None:
     if not args.default_malloc:
         keep_freed_memory()
     torch.manual_seed(0)
-    model = build_model(Config(), (4, 42, 42), 14)
+    config = Config(body=args.body, screen_size=args.screen_size)
+    model = build_model(config, (config.frame_stack, config.screen_size, config.screen_size), 14)
     optimizer = SharedAdam([bind_flat_parameters(model).share_memory_()])
     print(f"{'envs':>4} " + " ".join(f"{name:>14}" for name in COLUMNS) + "   (ms per agent step of all B environments)")
     for batch in args.envs:

@@ -38,7 +38,7 @@ def frames_per_second(step, n_envs: int, n_actions: int, seconds: float, warmup:
 
 
 def ours(n_envs: int, seconds: float) -> float:
-    config = Config()
+    config = Config(screen_size=42, body="tutorial")  # as the AtariVectorEnv below
     envs = [make_env(config, seed=i) for i in range(n_envs)]
     for i, env in enumerate(envs):
         env.reset(seed=i)
