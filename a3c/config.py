@@ -70,6 +70,9 @@ class Config:
     noop_max: int = field(default=30, metadata=_help("up to this many no-op frames at each reset"))
     sticky_actions: float = field(default=0.0, metadata=_help(
         "probability that the emulator repeats the previous action (0 as in the paper; 0.25 as in ALE v5)"))
+    terminal_on_life_loss: bool = field(default=False, metadata=_help(
+        "end the learner's episode (no bootstrap, a fresh LSTM state) when the game takes a life, as DQN "
+        "and baselines' A2C train; the game and the scores go on to game over"))
     max_episode_frames: int = field(default=108_000, metadata=_help(
         "truncate an episode after this many frames (30 minutes of play)"))
     reward_transform: str = field(default="auto", metadata=_help(

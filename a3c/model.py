@@ -126,7 +126,12 @@ class ActorCritic(nn.Module):
             else:
                 x = F.linear(x.flatten(1) if x.dim() > 2 else x, weight, bias)
             out = None if record is None else record[i + 1]
-            x = torch.clamp_min(x, 0, out=out) if self.activation == "relu" else torch.tanh(x, out=out)
+            if self.activation == "tanh":
+                x = torch.tanh(x, out=out)
+            elif out is None:  # relu's gradient at 0 is 0, as the replayed backward takes it
+                x = torch.relu(x)
+            else:  # into the tape: relu has no out=
+                x = torch.clamp_min(x, 0, out=out)
         return x.float()
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

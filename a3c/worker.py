@@ -199,7 +199,9 @@ class Worker:
         self.model = build_model(config, obs_shape, self.n_actions)
         self.local_params = bind_flat_parameters(self.model)
         self.grad = bind_flat_gradients(self.model)
-        first = [env.reset(seed=int(env_seed) + i)[0] for i, env in enumerate(self.envs)]
+        resets = [env.reset(seed=int(env_seed) + i) for i, env in enumerate(self.envs)]
+        first = [obs for obs, _ in resets]
+        self.lives = [info.get("lives", 0) for _, info in resets]  # Atari games report them
         # The current observations, written through their numpy storage.
         self.obs, self.obs_storage = observation_buffer(len(self.envs), obs_shape, first[0].dtype)
         for slot, obs in zip(self.obs_storage, first, strict=True):
@@ -240,18 +242,23 @@ class Worker:
             actions_np[t], values_np[t] = actions, value.numpy()
             rewards, terminals, ends = [], [], []  # written to the rollout once per step
             for b, (env, action) in enumerate(zip(envs, actions.tolist(), strict=True)):
-                obs, reward, terminated, truncated, _ = env.step(action)
+                obs, reward, terminated, truncated, info = env.step(action)
                 reward = float(reward)
+                lives, self.lives[b] = self.lives[b], info.get("lives", 0)
+                life_lost = self.config.terminal_on_life_loss and self.lives[b] < lives and not terminated
+                if life_lost:  # the learner's episode ends here; the game goes on
+                    self._reset_state(b)
                 rewards.append(reward)
-                terminals.append(terminated)
-                ends.append(terminated or truncated)
+                terminals.append(terminated or life_lost)
+                ends.append(terminated or truncated or life_lost)
                 self.episode_returns[b] += reward
                 self.episode_lengths[b] += 1
                 if terminated or truncated:
                     if not terminated:  # a time limit is not the end of the task: bootstrap
                         truncated_values.append((t, b, self._value(obs, b)))
                     self._end_episode(b)
-                    obs, _ = env.reset()
+                    obs, info = env.reset()
+                    self.lives[b] = info.get("lives", 0)
                 write_observation(obs_storage[b], obs)
             rewards_np[t], terminated_np[t], ended_np[t] = rewards, terminals, ends
             steps = t + 1
@@ -270,6 +277,9 @@ class Worker:
         self.finished.append(EpisodeRecord(self.worker_id, self.episode_returns[env_index],
                                            self.episode_lengths[env_index], time.time()))
         self.episode_returns[env_index], self.episode_lengths[env_index] = 0.0, 0
+        self._reset_state(env_index)
+
+    def _reset_state(self, env_index: int) -> None:
         if self.state is not None:  # a new episode starts from a zero LSTM state
             self.state[0][env_index] = 0.0
             self.state[1][env_index] = 0.0

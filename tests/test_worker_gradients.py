@@ -250,3 +250,37 @@ def test_the_rollout_holds_the_training_rewards(options, expected):
             assert worker.episode_returns == [float(rollout.steps)] * 2
     finally:
         worker.close()
+
+
+def test_a_lost_life_ends_the_learners_episode_but_not_the_game():
+    # Breakout with its five lives, an LSTM (whose state a lost life resets), played until a rollout
+    # holds a lost life: it is terminal for the learner, the game goes on, and the update's gradient is
+    # still exactly the reference's.
+    config = Config(env_id="ALE/Breakout-v5", workers=1, envs_per_worker=1, t_max=50, lstm=True,
+                    terminal_on_life_loss=True, max_grad_norm=1e9, precision="float32")
+    obs_shape, n_actions = env_spaces(config)
+    shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    recorder = RecordingOptimizer(shared.optimizer)
+    worker.optimizer = recorder
+    observations = record_acting_observations(worker)
+    try:
+        for _ in range(40):
+            worker.sync_weights()
+            weights = worker.local_params.clone()
+            observations.clear()
+            lives_before = worker.lives[0]
+            rollout = worker.collect()
+            if not rollout.terminated.any() or worker.take_finished_episodes():
+                worker.update(rollout)
+                continue
+            # Each terminal step lost a life, with no game over and no reset.
+            assert lives_before - worker.lives[0] == int(rollout.terminated.sum()) > 0
+            assert worker.episode_lengths[0] >= rollout.steps  # the game's episode was not restarted
+            expected = reference_gradient(worker.model, weights, rollout, observations, config)
+            worker.update(rollout)
+            assert_same_gradient(recorder.received[-1], expected, "float32")
+            return
+        pytest.fail("no life lost in 2,000 steps of Breakout")
+    finally:
+        worker.close()
