@@ -4,7 +4,6 @@ keeps the latest and the best checkpoints. Runs on CUDA when asked and available
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import signal
 import time
@@ -28,7 +27,7 @@ from a3c.checkpoint import (
 )
 from a3c.config import Config
 from a3c.envs import make_env
-from a3c.logger import EVAL_FIELDS, EVALUATIONS_CSV
+from a3c.logger import EVAL_FIELDS, EVALUATIONS_CSV, append_csv
 from a3c.messages import Evaluated, EvaluatorStarted, SharedModelNonFinite, WriteFailed
 from a3c.model import ActorCritic, build_model
 from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
@@ -109,16 +108,12 @@ class EvaluationLog:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / EVALUATIONS_CSV
         with writing(self.path):
-            new = not self.path.exists()
-            self.file = open(self.path, "a", newline="")  # noqa: SIM115 -- open for the whole run
-            self.writer = csv.DictWriter(self.file, EVAL_FIELDS)
-            if new:
-                self.writer.writeheader()
+            self.file, self.writer = append_csv(self.path, EVAL_FIELDS)
 
     def write(self, frames: int, episodes: int, elapsed: float, score: Score) -> None:
         with writing(self.path):
-            self.writer.writerow({"frames": frames, "episodes": episodes, "time": round(elapsed, 2),
-                                  **asdict(score)})
+            row = {"frames": frames, "episodes": episodes, "time": round(elapsed, 2), **asdict(score)}
+            self.writer.writerow([row[field] for field in EVAL_FIELDS])
             self.file.flush()
 
     def close(self) -> None:

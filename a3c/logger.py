@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -29,6 +29,17 @@ EVAL_FIELDS = ["frames", "episodes", "time", "mean_reward", "std_reward", "min_r
                "mean_ep_length", "n_episodes"]
 RECENT_EPISODES = 100
 TENSORBOARD_DIR = "tensorboard"
+
+
+def append_csv(path: Path, fields: list[str]) -> tuple[TextIO, Any]:
+    """Open a run's CSV file to append rows, writing its header if the file is new (a resumed run
+    appends to the file it had). Returns the file and a csv.writer on it."""
+    new = not path.exists()
+    file = open(path, "a", newline="")  # noqa: SIM115 -- open for the whole run
+    writer = csv.writer(file)
+    if new:
+        writer.writerow(fields)
+    return file, writer
 
 
 def _tensorboard_writer(log_dir: Path) -> Any:
@@ -91,11 +102,7 @@ class RunLogger:
             self.write_error = write_failure(path, error)
 
     def _open_episodes(self) -> None:
-        new = not self.episodes_path.exists()
-        self.episodes_file = open(self.episodes_path, "a", newline="")  # noqa: SIM115 -- open for the run
-        self.episodes = csv.writer(self.episodes_file)
-        if new:
-            self.episodes.writerow(EPISODE_FIELDS)
+        self.episodes_file, self.episodes = append_csv(self.episodes_path, EPISODE_FIELDS)
 
     def _open_tensorboard(self) -> None:
         self._catch_writer_thread_errors()  # before the writer starts its thread

@@ -201,7 +201,9 @@ class Worker:
         self.grad = bind_flat_gradients(self.model)
         resets = [env.reset(seed=int(env_seed) + i) for i, env in enumerate(self.envs)]
         first = [obs for obs, _ in resets]
-        self.lives = [info.get("lives", 0) for _, info in resets]  # Atari games report them
+        # Lives, tracked only where a lost life ends the learner's episode (Atari games report them).
+        self.track_lives = config.terminal_on_life_loss
+        self.lives = [info.get("lives", 0) for _, info in resets]
         # The current observations, written through their numpy storage.
         self.obs, self.obs_storage = observation_buffer(len(self.envs), obs_shape, first[0].dtype)
         for slot, obs in zip(self.obs_storage, first, strict=True):
@@ -244,10 +246,12 @@ class Worker:
             for b, (env, action) in enumerate(zip(envs, actions.tolist(), strict=True)):
                 obs, reward, terminated, truncated, info = env.step(action)
                 reward = float(reward)
-                lives, self.lives[b] = self.lives[b], info.get("lives", 0)
-                life_lost = self.config.terminal_on_life_loss and self.lives[b] < lives and not terminated
-                if life_lost:  # the learner's episode ends here; the game goes on
-                    self._reset_state(b)
+                life_lost = False
+                if self.track_lives:
+                    lives, self.lives[b] = self.lives[b], info.get("lives", 0)
+                    life_lost = self.lives[b] < lives and not terminated
+                    if life_lost:  # the learner's episode ends here; the game goes on
+                        self._reset_state(b)
                 rewards.append(reward)
                 terminals.append(terminated or life_lost)
                 ends.append(terminated or truncated or life_lost)
