@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="JSON or YAML file of settings; flags given here override it "
                        "(default: none)")
     train.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set of settings: "
-                       "seed (the seed tutorial's network and reward scaling, t_max 20, one environment per "
+                       "tutorial (the seed tutorial's network and reward scaling, t_max 20, one environment per "
                        "worker: earlier versions' defaults) or paper (Mnih et al. 2016's A3C FF); a config "
                        "file and flags override it (default: none)")
     train.add_argument("--resume", help="run directory or checkpoint to continue from; its settings come "

@@ -118,6 +118,9 @@ class Config:
     eval_greedy: bool = field(default=False, metadata=_help(
         "evaluate with the most probable action instead of sampling from the policy; the policy that "
         "was trained is the sampled one, and its greedy version often scores far less"))
+    eval_niceness: int = field(default=10, metadata=_help(
+        "niceness added to the evaluator process (0-19): it takes the CPU the workers leave, so "
+        "that evaluating costs training little speed"))
     max_deaths: int = field(default=5, metadata=_help(
         "stop the run with an error when this many processes died within death_window seconds"))
     death_window: float = field(default=300.0, metadata=_help("see max_deaths"))
@@ -242,6 +245,9 @@ def validate(config: Config) -> None:
     if config.precision not in PRECISIONS:
         raise ConfigError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}; "
                           f"got {config.precision!r}")
+    if isinstance(config.eval_niceness, bool) or not isinstance(config.eval_niceness, int) \
+            or not 0 <= config.eval_niceness <= 19:
+        raise ConfigError(f"eval_niceness must be an integer from 0 to 19, got {config.eval_niceness!r}")
     if config.eval_device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"eval_device must be auto, cuda or cpu; got {config.eval_device!r}")
     if config.is_atari and config.model_body == "mlp":
