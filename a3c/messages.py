@@ -62,5 +62,12 @@ class WriteFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class Note:
+    """A line for the run's log from elsewhere (a Ray node: a worker died and was replaced)."""
+
+    text: str
+
+
 Message = (EpisodeFinished | LearnerStats | UpdateSkipped | EvaluatorStarted | Evaluated | SharedModelNonFinite
-           | WriteFailed)
+           | WriteFailed | Note)

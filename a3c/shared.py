@@ -29,6 +29,7 @@ class SharedTraining:
     frames: torch.Tensor           # int64 per worker slot: environment frames (with frame skip)
     episodes: torch.Tensor         # int64, one element: episodes logged by the parent
     flags: torch.Tensor            # uint8 [STOP, WORKERS_DONE, EVALUATE_AT_END]
+    frames_elsewhere: torch.Tensor  # int64, one element: frames counted by the rest of a Ray cluster
     base_frames: int = 0           # frames, episodes and seconds of training done before a resume
     base_episodes: int = 0
     base_seconds: float = 0.0
@@ -51,10 +52,16 @@ class SharedTraining:
         frames = torch.zeros(config.workers, dtype=torch.int64).share_memory_()
         episodes = torch.zeros(1, dtype=torch.int64).share_memory_()
         flags = torch.zeros(3, dtype=torch.uint8).share_memory_()
-        return cls(params, optimizer, frames, episodes, flags)
+        elsewhere = torch.zeros(1, dtype=torch.int64).share_memory_()
+        return cls(params, optimizer, frames, episodes, flags, elsewhere)
 
     def total_frames(self) -> int:
-        return self.base_frames + int(self.frames.sum())
+        return self.base_frames + int(self.frames.sum()) + int(self.frames_elsewhere[0])
+
+    def set_frames_elsewhere(self, frames: int) -> None:
+        """On a Ray cluster: the frames the other nodes have counted (their workers write no slot
+        here), so that budget checks and the learning-rate schedule see the whole run's frames."""
+        self.frames_elsewhere[0] = frames
 
     def total_episodes(self) -> int:
         return self.base_episodes + int(self.episodes.sum())

@@ -4,21 +4,17 @@ log, and stop cleanly. The parent never computes gradients and never touches CUD
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from multiprocessing.connection import Connection, wait
+from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any, Final, cast
+from typing import IO, Any, Protocol
 
 import psutil
 import torch
-import torch.multiprocessing as mp
 
 from a3c.checkpoint import (
     RunWriteError,
@@ -30,7 +26,6 @@ from a3c.checkpoint import (
 )
 from a3c.config import Config, ConfigError, validate
 from a3c.envs import env_spaces
-from a3c.evaluator import run_evaluator
 from a3c.logger import RunLogger
 from a3c.messages import (
     EpisodeFinished,
@@ -38,17 +33,15 @@ from a3c.messages import (
     EvaluatorStarted,
     LearnerStats,
     Message,
+    Note,
     SharedModelNonFinite,
     UpdateSkipped,
     WriteFailed,
 )
 from a3c.model import build_model
-from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
-from a3c.worker import run_worker, seed_stream
+from a3c.shared import EVALUATE_AT_END, WORKERS_DONE, SharedTraining
+from a3c.supervisor import POLL_S, Supervisor, one_thread_per_child
 
-# spawn: a CUDA evaluator cannot live in a forked child of a process that holds torch state.
-START_METHOD: Final = "spawn"
-POLL_S = 0.25
 WORKER_STOP_TIMEOUT_S = 30.0
 EVALUATOR_STOP_TIMEOUT_S = 600.0
 
@@ -94,27 +87,38 @@ def check_model_fits(config: Config, obs_shape: tuple[int, ...], n_actions: int)
                       f"(observations {obs_shape}, body {config.model_body})")
 
 
-@dataclass
-class Child:
-    process: Any
-    conn: Connection
-    role: str          # "worker" or "evaluator"
-    slot: int = -1     # worker slot; -1 for the evaluator
-    incarnation: int = 0
+class RemoteWorkers(Protocol):
+    """Workers that run elsewhere than this machine's Supervisor (a Ray cluster: ray_cluster.py).
+    They train the run's shared weights through it: `poll` brings their frames, messages and
+    weights into the shared state, `stop` ends them with their last updates folded in."""
+
+    failure: str | None  # set when they cannot go on; the run stops with it
+
+    def start(self) -> None: ...
+
+    def poll(self) -> None: ...
+
+    def stop(self, timeout: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+RemoteFactory = Callable[[Config, SharedTraining, Callable[[Message], None], Callable[[str], None]], RemoteWorkers]
 
 
 class Trainer:
     def __init__(self, config: Config, resume_payload: dict[str, Any] | None = None,
                  run_dir: Path | None = None, evaluator: bool = True,
-                 on_tick: Callable[[float, int], None] | None = None, run_lock: IO[str] | None = None) -> None:
+                 on_tick: Callable[[float, int], None] | None = None, run_lock: IO[str] | None = None,
+                 remote: RemoteFactory | None = None) -> None:
         """`run_lock`: the lock of `run_dir` (lock_run_dir), where the caller took it before reading
-        the checkpoint it resumes from; taken here otherwise."""
+        the checkpoint it resumes from; taken here otherwise. `remote`: builds the workers when they
+        run on a cluster rather than on this machine."""
         validate(config)
         self.config = config
         self.with_evaluator = evaluator
         self.on_tick = on_tick  # called with (time, total frames) at every tick: benchmarks
         self.obs_shape, self.n_actions = env_spaces(config)
-        self.context = mp.get_context(START_METHOD)
         check_model_fits(config, self.obs_shape, self.n_actions)
         model = build_model(config, self.obs_shape, self.n_actions)
         if resume_payload is not None:
@@ -131,60 +135,17 @@ class Trainer:
         except RunWriteError:
             self.run_lock.close()
             raise
-        self.children: list[Child] = []
+        self.supervisor = Supervisor(config, self.shared, self._handle, self._print)
+        self.remote_factory = remote
+        self.remote: RemoteWorkers | None = None
         self.skipped_updates = 0
-        self.deaths: deque = deque()
         self.signals: list[int] = []
         self.outcome: tuple[int, str] | None = None
 
-    # -- children ----------------------------------------------------------------------------
-    def _start_worker(self, slot: int, incarnation: int = 0) -> None:
-        receiver, sender = self.context.Pipe(duplex=False)
-        seeds = seed_stream(self.config.seed, slot, incarnation)
-        process = self.context.Process(
-            target=run_worker, name=f"a3c-worker-{slot}", daemon=True,
-            args=(slot, self.config, self.shared, seeds, sender, os.getpid()))
-        process.start()
-        sender.close()
-        self.children.append(Child(process, receiver, "worker", slot, incarnation))
-
-    def _start_evaluator(self, incarnation: int = 0) -> None:
-        receiver, sender = self.context.Pipe(duplex=False)
-        process = self.context.Process(
-            target=run_evaluator, name="a3c-evaluator", daemon=True,
-            args=(self.config, self.shared, str(self.run_dir), self.obs_shape, self.n_actions,
-                  self.best_score, sender, os.getpid()))
-        process.start()
-        sender.close()
-        self.children.append(Child(process, receiver, "evaluator", -1, incarnation))
-
-    @staticmethod
-    def _describe(child: Child) -> str:
-        name = f"worker {child.slot}" if child.role == "worker" else "evaluator"
-        return f"{name} (pid {child.process.pid})"
-
-    def _workers(self) -> list[Child]:
-        return [c for c in self.children if c.role == "worker"]
-
-    def _evaluator(self) -> Child | None:
-        return next((c for c in self.children if c.role == "evaluator"), None)
+    def _evaluator_args(self) -> tuple[Any, ...]:
+        return str(self.run_dir), self.obs_shape, self.n_actions, self.best_score
 
     # -- messages ----------------------------------------------------------------------------
-    def _drain(self, timeout: float) -> None:
-        conns = [c.conn for c in self.children if not c.conn.closed]
-        if not conns:
-            time.sleep(timeout)  # nothing to read: this is the monitor's idle tick
-            return
-        for conn in wait(conns, timeout):
-            self._read_all(cast(Connection, conn))
-
-    def _read_all(self, conn: Connection) -> None:
-        try:
-            while not conn.closed and conn.poll():
-                self._handle(conn.recv())
-        except (EOFError, OSError):  # the other end has gone
-            conn.close()
-
     def _handle(self, message: Message) -> None:
         match message:
             case EpisodeFinished():
@@ -208,6 +169,8 @@ class Trainer:
                 self.skipped_updates += 1
                 self._print(f"worker {message.worker}: skipped an update with a non-finite loss or gradient "
                             f"(norm {message.grad_norm}); {self.skipped_updates} skipped so far")
+            case Note():
+                self._print(message.text)
 
     def _print(self, text: str) -> None:
         self.log.message(text)
@@ -219,35 +182,6 @@ class Trainer:
             self.outcome = (EXIT_FAILED, reason)
 
     # -- supervision -------------------------------------------------------------------------
-    def _replace_dead(self) -> None:
-        for child in list(self.children):
-            code = child.process.exitcode
-            if code is None:
-                continue
-            if child.role == "worker" and code == 0 and self.shared.budget_reached(self.config):
-                continue  # finished its share of the budget
-            self.children.remove(child)
-            self._read_all(child.conn)  # what it sent before it died still counts
-            child.conn.close()
-            child.process.join()
-            if self.outcome is not None:  # it exited because the run is stopping (a failed write)
-                continue
-            now = time.time()
-            self.deaths.append(now)
-            while self.deaths and now - self.deaths[0] > self.config.death_window:
-                self.deaths.popleft()
-            self._print(f"{self._describe(child)} died with exit code {code}")
-            if len(self.deaths) >= self.config.max_deaths:
-                self.outcome = (EXIT_FAILED, (f"{len(self.deaths)} processes died within "
-                                              f"{self.config.death_window:g} s; stopping "
-                                              "(the last good checkpoint is kept)"))
-                return
-            if child.role == "worker":
-                self._start_worker(child.slot, child.incarnation + 1)
-            else:
-                self._start_evaluator(child.incarnation + 1)
-            self._print(f"replaced by {self._describe(self.children[-1])}")
-
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals.append(signum)
         if len(self.signals) == 1:
@@ -257,7 +191,10 @@ class Trainer:
     def _check_stop(self, start: float) -> None:
         if self.outcome is not None:
             return
-        if self.log.write_error is not None:
+        failure = self.supervisor.failure or (self.remote.failure if self.remote is not None else None)
+        if failure is not None:
+            self.outcome = (EXIT_FAILED, failure)
+        elif self.log.write_error is not None:
             self._fail_on_write(self.log.write_error)
         elif self.signals:
             code = EXIT_INTERRUPTED if self.signals[0] == signal.SIGINT else EXIT_TERMINATED
@@ -281,25 +218,30 @@ class Trainer:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.shared.start_clock()
         self.log = RunLogger(config, self.run_dir, self.shared.total_frames(), self.shared.elapsed)
-        # One intra-op thread in every child: set before their torch import, inherited at spawn.
-        os.environ["OMP_NUM_THREADS"] = "1"
-        os.environ["MKL_NUM_THREADS"] = "1"
+        one_thread_per_child()
         self._print(f"run directory: {self.run_dir}")
         self._print("configuration: " + json.dumps(config.to_dict()))
         self._print(f"network precision: {config.network_precision}"
                     + (" (auto)" if config.precision == "auto" else ""))
+        supervisor = self.supervisor
         try:
             start = time.time()
             if self.with_evaluator:
-                self._start_evaluator()
-            for slot in range(config.workers):
-                self._start_worker(slot)
-            self._print("started " + ", ".join(self._describe(c) for c in self.children))
+                supervisor.start_evaluator(self._evaluator_args)
+            if self.remote_factory is None:
+                supervisor.start_workers()
+            else:
+                self.remote = self.remote_factory(config, self.shared, self._handle, self._print)
+                self.remote.start()
+            if supervisor.children:
+                self._print("started " + ", ".join(supervisor.describe(c) for c in supervisor.children))
             start_frames = self.shared.total_frames()
             last_status, last_frames = time.time(), start_frames
             while self.outcome is None:
-                self._drain(POLL_S)
-                self._replace_dead()
+                supervisor.drain(POLL_S)
+                if self.remote is not None:
+                    self.remote.poll()
+                supervisor.replace_dead()
                 self._check_stop(start)
                 now, frames = time.time(), self.shared.total_frames()
                 if self.on_tick is not None:
@@ -322,49 +264,29 @@ class Trainer:
             self._print(f"done: {frames:,} frames in {elapsed:.1f} s; run directory {self.run_dir}")
             return code
         finally:
-            self._kill_all()
+            supervisor.close()
+            if self.remote is not None:
+                self.remote.close()
             self.log.close()
             self.run_lock.close()  # the run directory is free for a --resume
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    def _wait_for(self, children: list[Child], timeout: float) -> None:
-        """Keep reading their pipes (a child blocked on a full pipe never exits) until they exit."""
-        deadline = time.time() + timeout
-        while time.time() < deadline and any(c.process.exitcode is None for c in children):
-            if len(self.signals) > 1:
-                return
-            self._drain(POLL_S)
-
     def _shutdown(self, final_checkpoint: bool, final_evaluation: bool) -> None:
-        self.shared.set_flag(STOP)
-        workers = self._workers()
-        self._wait_for(workers, WORKER_STOP_TIMEOUT_S)
-        self._terminate(workers)
-        for worker in workers:  # the episodes they reported last count before the final checkpoint
-            self._read_all(worker.conn)
-        evaluator = self._evaluator()
+        supervisor = self.supervisor
+
+        def second_signal() -> bool:
+            return len(self.signals) > 1
+
+        supervisor.stop_workers(WORKER_STOP_TIMEOUT_S, second_signal)
+        if self.remote is not None:  # their last updates reach the shared weights before the checkpoint
+            self.remote.stop(WORKER_STOP_TIMEOUT_S)
+        evaluator = supervisor.evaluator()
         if evaluator is not None:
             if final_checkpoint:
                 if final_evaluation:
                     self.shared.set_flag(EVALUATE_AT_END)
                 self.shared.set_flag(WORKERS_DONE)
-                self._wait_for([evaluator], EVALUATOR_STOP_TIMEOUT_S)
-            self._terminate([evaluator])
-        self._drain(0)
-
-    def _terminate(self, children: list[Child]) -> None:
-        for child in children:
-            if child.process.exitcode is None:
-                child.process.terminate()
-        for child in children:
-            child.process.join(timeout=10)
-            if child.process.exitcode is None:
-                child.process.kill()
-                child.process.join()
-
-    def _kill_all(self) -> None:
-        self.shared.set_flag(STOP)
-        self._terminate(self.children)
-        for child in self.children:
-            child.conn.close()
+                supervisor.wait_for([evaluator], EVALUATOR_STOP_TIMEOUT_S, second_signal)
+            supervisor.terminate([evaluator])
+        supervisor.drain(0)

@@ -39,7 +39,7 @@ def test_several_workers_update_the_shared_model(tmp_path):
     for worker, frames in enumerate(per_worker):
         played = sum(int(r["length"]) for r in episodes if int(r["worker"]) == worker)
         assert played <= frames  # finished episodes fit inside the counted frames
-    assert all(not c.process.is_alive() for c in trainer.children)
+    assert all(not c.process.is_alive() for c in trainer.supervisor.children)
 
 
 def test_cartpole_learns_well_above_random(tmp_path):
