@@ -26,6 +26,10 @@ CONFIG ?=
 PRESET ?=
 EVAL_DEVICE ?=
 ARGS ?=
+# Ray settings (make train-ray): the cluster's HOST:PORT (empty: a Ray instance on this machine),
+# the nodes to spread the workers over (empty: all of the cluster's; one for a local instance).
+RAY_ADDRESS ?=
+NODES ?=
 # Evaluation settings.
 RUN ?=
 CHECKPOINT ?=
@@ -52,7 +56,7 @@ EVAL_FLAGS = --runs-dir $(RUNS_DIR) $(call opt,--run,$(RUN)) $(call opt,--checkp
 	--episodes $(EPISODES) --device $(DEVICE) $(if $(filter 1 yes true,$(VIDEO)),--video) \
 	$(if $(filter 1 yes true,$(GREEDY)),--greedy) $(ARGS)
 
-.PHONY: install train eval plot test lint bench clean
+.PHONY: install train train-ray eval plot test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,10 +71,17 @@ $(VENV)/.test-installed: $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[$(EXTRAS),test]"
 	touch $@
 
+$(VENV)/.ray-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[$(EXTRAS),ray]"
+	touch $@
+
 install: $(VENV)/.installed
 
 train: $(VENV)/.installed
 	$(BIN)/a3c train $(TRAIN_FLAGS)
+
+train-ray: $(VENV)/.ray-installed
+	$(BIN)/a3c train --ray $(RAY_ADDRESS) $(call opt,--nodes,$(NODES)) $(TRAIN_FLAGS)
 
 eval: $(VENV)/.installed
 	$(BIN)/a3c eval $(EVAL_FLAGS)

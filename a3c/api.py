@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -29,11 +30,14 @@ from a3c.checkpoint import (
     resolve_checkpoint,
     restore_model,
 )
-from a3c.config import Config, ConfigError, validate
+from a3c.config import Config, ConfigError, RayOptions, validate
 from a3c.envs import env_spaces, make_env
 from a3c.evaluator import Score, evaluate_policy, resolve_device
 from a3c.model import ActorCritic, LstmState, build_model
-from a3c.trainer import EXIT_OK, Trainer
+from a3c.trainer import EXIT_OK, RemoteFactory, Trainer
+
+if TYPE_CHECKING:
+    from a3c.ray_cluster import RayCluster
 
 # Settings a resumed run cannot change: they fix the environment's spaces or the model's shape.
 FIXED_ON_RESUME = ("env_id", "body", "lstm", "mlp_hidden", "screen_size", "frame_stack")
@@ -54,30 +58,61 @@ class RunResult:
         return self.exit_code == EXIT_OK
 
 
-def train(config: Config) -> RunResult:
-    """Train a new run until its frame budget, its time limit, a signal or a failure."""
+def train(config: Config, ray: RayOptions | None = None) -> RunResult:
+    """Train a new run until its frame budget, its time limit, a signal or a failure; on a Ray
+    cluster when `ray` says where (a3c[ray])."""
     validate(config)
-    return _run(Trainer(config))
+    cluster, remote = _connect(ray, config)
+    try:
+        return _run(Trainer(config, remote=remote))
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
-def resume(target: str | Path, overrides: dict[str, Any] | None = None) -> RunResult:
+def resume(target: str | Path, overrides: dict[str, Any] | None = None, ray: RayOptions | None = None) -> RunResult:
     """Continue the run at `target` (a run directory or a checkpoint) from its latest checkpoint,
-    with `overrides` of the settings that may change."""
+    with `overrides` of the settings that may change; on a Ray cluster when `ray` says where. A
+    local run's checkpoint resumes on Ray and the other way round."""
     checkpoint_path = resolve_checkpoint(target, LATEST)
     run_dir = checkpoint_path.parent.parent
     # Locked before the checkpoint is read: a trainer still running there may write a newer one.
     run_lock = lock_run_dir(run_dir)
+    cluster = None
     try:
         payload = load_checkpoint(checkpoint_path)
         config = resume_config(payload["config"], overrides or {})
         validate(config)
         check_fits(payload, *env_spaces(config), checkpoint_path)
+        cluster, remote = _connect(ray, config)
         print(f"resuming {run_dir} from {checkpoint_path} at {payload['frames']:,} frames", flush=True)
-        trainer = Trainer(config, payload, run_dir, run_lock=run_lock)
+        trainer = Trainer(config, payload, run_dir, run_lock=run_lock, remote=remote)
     except BaseException:
         run_lock.close()
+        if cluster is not None:
+            cluster.close()
         raise
-    return _run(trainer)
+    try:
+        return _run(trainer)
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _connect(options: RayOptions | None, config: Config) -> tuple[RayCluster | None, RemoteFactory | None]:
+    """Join (or start) the Ray cluster before anything is written, so that bad input ends the
+    command with one line; and what the trainer calls to start the workers there."""
+    if options is None:
+        return None, None
+    options.check()
+    try:
+        from a3c import ray_cluster
+    except ModuleNotFoundError as error:
+        if error.name is None or not error.name.startswith("ray"):
+            raise
+        raise ConfigError("training on Ray needs the ray package: pip install 'a3c[ray]'") from None
+    cluster = ray_cluster.RayCluster(options, config.workers)
+    return cluster, partial(ray_cluster.RayWorkers, cluster, options)
 
 
 def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> Config:

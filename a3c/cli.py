@@ -15,7 +15,7 @@ from a3c.checkpoint import (
     RunWriteError,
     newest_run,
 )
-from a3c.config import PRESETS, Config, ConfigError
+from a3c.config import PRESETS, Config, ConfigError, RayOptions
 
 
 class Parser(argparse.ArgumentParser):
@@ -88,9 +88,14 @@ def command_train(args: argparse.Namespace) -> int:
         overrides = {**load_config_file(args.config), **overrides}
     if args.preset:
         overrides = {**PRESETS[args.preset], **overrides}
+    ray = None
+    if args.ray is not None:
+        ray = RayOptions(args.ray or None, args.nodes, args.exchange_interval)
+    elif args.nodes is not None:
+        raise ConfigError("--nodes needs --ray")
     if args.resume:
-        return api.resume(args.resume, overrides).exit_code
-    return api.train(Config.from_dict(overrides)).exit_code
+        return api.resume(args.resume, overrides, ray).exit_code
+    return api.train(Config.from_dict(overrides), ray).exit_code
 
 
 def command_eval(args: argparse.Namespace) -> int:
@@ -146,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "file and flags override it (default: none)")
     train.add_argument("--resume", help="run directory or checkpoint to continue from; its settings come "
                        "back, and flags given here override those that may change (default: none)")
+    on_ray = train.add_argument_group("on a Ray cluster (pip install 'a3c[ray]')")
+    on_ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="train on Ray: at HOST:PORT, a cluster started with `ray start --head`; with no "
+                        "address, a Ray instance started on this machine (loopback only) and stopped at the end "
+                        "(default: off, the local trainer)")
+    on_ray.add_argument("--nodes", type=int, help="nodes to spread the workers over (default: every live node "
+                        "of the cluster; one for a local instance)")
+    on_ray.add_argument("--exchange-interval", type=float, default=RayOptions.exchange_interval,
+                        help="seconds between a node's exchanges with the global weights (default: "
+                        f"{RayOptions.exchange_interval})")
     add_config_arguments(train)
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
     evaluate.add_argument("--run", help="run directory (default: the newest under --runs-dir)")

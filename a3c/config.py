@@ -254,3 +254,20 @@ def validate(config: Config) -> None:
         raise ConfigError("an Atari game needs a conv body (mnih2013 or tutorial), not mlp")
     if not config.is_atari and config.model_body != "mlp":
         raise ConfigError(f"{config.env_id} has vector observations: use body mlp")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where a Ray run's workers go. address None: a Ray instance started here, on loopback only,
+    and shut down at the end; else HOST:PORT of a cluster started with `ray start --head`, left
+    running. nodes None: one for a local instance, every live node of a cluster."""
+
+    address: str | None = None
+    nodes: int | None = None
+    exchange_interval: float = 0.25
+
+    def check(self) -> None:
+        if self.nodes is not None and self.nodes < 1:
+            raise ConfigError(f"--nodes must be at least 1, got {self.nodes}")
+        if not self.exchange_interval > 0:
+            raise ConfigError(f"--exchange-interval must be positive, got {self.exchange_interval}")

@@ -30,7 +30,7 @@ import torch.multiprocessing as mp
 
 from a3c.config import PRECISIONS, Config
 from a3c.envs import AtariEnv, make_env
-from a3c.trainer import Trainer
+from a3c.trainer import RemoteFactory, Trainer
 
 
 def _step_env(config: Config, raw: bool, seed: int, warmup: float, seconds: float, barrier, results) -> None:
@@ -84,13 +84,15 @@ def env_only_fps(config: Config, workers: int, raw: bool, warmup: float, seconds
     return total
 
 
-def train_fps(config: Config, warmup: float, seconds: float) -> float:
+def train_fps(config: Config, warmup: float, seconds: float, remote: RemoteFactory | None = None) -> float:
+    """Training frames/s between warmup and warmup + seconds; on a Ray cluster with `remote`."""
     runs = tempfile.mkdtemp(prefix="a3c-bench-")
     try:
         config.runs_dir, config.time_limit = runs, warmup + seconds
         config.total_frames, config.status_interval = 10**12, 3600.0
         samples: list[tuple[float, int]] = []
-        trainer = Trainer(config, evaluator=False, on_tick=lambda now, frames: samples.append((now, frames)))
+        trainer = Trainer(config, evaluator=False, on_tick=lambda now, frames: samples.append((now, frames)),
+                          remote=remote)
         with contextlib.redirect_stdout(io.StringIO()):  # the table is the output
             trainer.run()
         t0 = samples[0][0] + warmup
@@ -119,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lstm", action="store_true")
     parser.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS,
                         help="number format of the network passes (default: auto)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="measure training alone, not the env-only and raw emulator rates")
     parser.add_argument("--output", default="benchmarks/latest.json")
     args = parser.parse_args(argv)
 
@@ -127,22 +131,25 @@ def main(argv: list[str] | None = None) -> None:
     header = f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}"
     print(header, flush=True)
     for workers in args.workers:
-        env_fps = env_only_fps(base, workers, False, args.warmup, args.seconds)
-        raw_fps = env_only_fps(base, workers, True, args.warmup, args.seconds) if base.is_atari else None
+        env_fps = None if args.train_only else env_only_fps(base, workers, False, args.warmup, args.seconds)
+        raw_fps = None if args.train_only or not base.is_atari else env_only_fps(base, workers, True, args.warmup,
+                                                                                 args.seconds)
         for envs, precision in itertools.product(args.envs_per_worker, args.precision):
             config = Config(env_id=args.env_id, lstm=args.lstm, workers=workers, envs_per_worker=envs,
                             precision=precision)
             fps = train_fps(config, args.warmup, args.seconds)
             record = {"workers": workers, "envs_per_worker": envs, "precision": config.network_precision,
                       "train_fps": round(fps, 1),
-                      "env_only_fps": round(env_fps, 1), "ratio": round(fps / env_fps, 3),
+                      "env_only_fps": None if env_fps is None else round(env_fps, 1),
+                      "ratio": None if env_fps is None else round(fps / env_fps, 3),
                       "raw_emulator_fps": None if raw_fps is None else round(raw_fps, 1),
-                      "env_vs_raw": None if raw_fps is None else round(env_fps / raw_fps, 3),
+                      "env_vs_raw": None if raw_fps is None or env_fps is None else round(env_fps / raw_fps, 3),
                       "env_id": args.env_id, "lstm": args.lstm, "seconds": args.seconds}
             records.append(record)
             raw_text = "-" if raw_fps is None else f"{raw_fps:,.0f}"
-            print(f"{workers:>7} {envs:>11} {config.network_precision:>9} {fps:>10,.0f} {env_fps:>12,.0f} "
-                  f"{fps / env_fps:>6.2f} {raw_text:>11}", flush=True)
+            env_text, ratio_text = ("-", "-") if env_fps is None else (f"{env_fps:,.0f}", f"{fps / env_fps:.2f}")
+            print(f"{workers:>7} {envs:>11} {config.network_precision:>9} {fps:>10,.0f} {env_text:>12} "
+                  f"{ratio_text:>6} {raw_text:>11}", flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "processor": cpu_model(),

@@ -1,4 +1,6 @@
-"""Every test must leave no child process and no torch shared-memory segment behind."""
+"""Every test must leave no child process and no torch shared-memory segment behind. The one
+exception: a Ray cluster that a test module shares between its tests (registered in
+SHARED_PROCESS_ROOTS) lives, with what it starts, until that module's end."""
 
 from __future__ import annotations
 
@@ -9,6 +11,15 @@ import psutil
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SHARED_PROCESS_ROOTS: set[int] = set()
+
+
+def _shared(process: psutil.Process) -> bool:
+    try:
+        return any(p.pid in SHARED_PROCESS_ROOTS for p in (process, *process.parents()))
+    except psutil.NoSuchProcess:
+        return True  # gone
 
 
 def _torch_segments() -> set[str]:
@@ -25,6 +36,6 @@ def no_leftovers():
     children = psutil.Process().children(recursive=True)
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     # multiprocessing's resource tracker is shared by the whole session and ends with it.
-    alive = [c for c in alive if "resource_tracker" not in " ".join(c.cmdline())]
+    alive = [c for c in alive if "resource_tracker" not in " ".join(c.cmdline()) and not _shared(c)]
     assert not alive, f"processes left behind: {[(c.pid, c.cmdline()) for c in alive]}"
     assert _torch_segments() <= segments, "shared-memory segments left behind"

@@ -1,0 +1,376 @@
+"""Placement across machines on Ray Core (the optional extra a3c[ray]; the local trainer never
+imports this module).
+
+The algorithm is unchanged: on every node one Ray actor, a NodeGroup, runs today's shared-memory
+Hogwild group (a Supervisor with its worker processes and its own shared Adam). A ParameterServer
+actor on the driver's node holds the cluster's weights. Every exchange_interval seconds each
+group, on its own schedule and never waiting for another, pushes what its workers changed since
+its last exchange (a weight delta), with its frames and the episodes it finished, and pulls the
+global weights back. A message per update would cost as much as the update (docs/benchmarks.md).
+
+The driver is the ordinary Trainer: its evaluator and checkpoints live with a copy of the global
+weights that RayWorkers.poll keeps current, so run directories, CSVs and checkpoints are those of
+a local run, and either kind resumes the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from a3c.config import Config, ConfigError, RayOptions
+from a3c.envs import env_spaces
+from a3c.messages import EpisodeFinished, LearnerStats, Message, Note, UpdateSkipped
+from a3c.model import build_model
+from a3c.shared import SharedTraining
+from a3c.supervisor import POLL_S, DeathLog, Supervisor, one_thread_per_child
+
+CONNECT_TIMEOUT_S = 30.0
+OPTIMIZER_SYNC_S = 10.0   # how often a node sends its Adam moments, for the driver's checkpoints
+WEIGHTS_PULL_S = 1.0      # how often the driver copies the global weights for its evaluator
+NODE_STOP_TIMEOUT_S = 60.0
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Ray rewrites a loopback address to the machine's own unless told it runs on one machine only.
+KEEP_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Ray starts its worker processes at niceness 15 unless its raylet is told otherwise.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
+
+def worker_shares(workers: int, nodes: int) -> list[list[int]]:
+    """The run's worker ids, split into `nodes` contiguous groups as even as they go."""
+    if nodes < 1 or workers < nodes:
+        raise ConfigError(f"{workers} workers cannot be spread over {nodes} nodes: each node needs one")
+    per_node, extra = divmod(workers, nodes)
+    shares, start = [], 0
+    for node in range(nodes):
+        size = per_node + (node < extra)
+        shares.append(list(range(start, start + size)))
+        start += size
+    return shares
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def check_answers(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Connect once from a child process, which we can end: ray.init on an address where no cluster
+    listens retries for minutes."""
+    probe = "import sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False)"
+    try:
+        subprocess.run([sys.executable, "-c", probe, address], timeout=timeout, capture_output=True,
+                       text=True, check=True)
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"no Ray cluster answered at {address} within {timeout:g} s (start one there with "
+                          "`ray start --head --port PORT`, or leave out the address to run on this machine)") from None
+    except subprocess.CalledProcessError as error:
+        lines = [line for line in error.stderr.splitlines() if line.strip()]
+        raise ConfigError(f"cannot join the Ray cluster at {address}: {lines[-1] if lines else error}") from None
+
+
+class RayCluster:
+    """The driver's connection: joins a cluster or starts a local instance, picks the nodes."""
+
+    def __init__(self, options: RayOptions, workers: int) -> None:
+        self.options, self.started_here = options, options.address is None
+        if options.address is None or _is_loopback(options.address):
+            os.environ[KEEP_LOOPBACK_ENV] = "0"  # inherited by every Ray process started from here
+        if options.address is None:  # the workers run at the local trainer's priority
+            os.environ[WORKER_NICENESS_ENV] = "0"
+        if options.address is not None:
+            check_answers(options.address)
+            ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
+        else:  # "local": a new instance even where RAY_ADDRESS names another; CPUs for every worker
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=False)
+        try:
+            self.driver_node = ray.get_runtime_context().get_node_id()
+            self.nodes = self._pick_nodes(options.nodes, workers)
+        except BaseException:
+            self.close()
+            raise
+
+    def _pick_nodes(self, wanted: int | None, workers: int) -> list[dict[str, Any]]:
+        alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
+        # The driver's node first: it also runs the evaluator and holds the global weights.
+        alive.sort(key=lambda n: (n["NodeID"] != self.driver_node, n["NodeManagerAddress"], n["NodeID"]))
+        count = wanted if wanted is not None else (1 if self.started_here else len(alive))
+        if count > len(alive):
+            raise ConfigError(f"--nodes {count}: the Ray cluster has {len(alive)} live node"
+                              f"{'s' if len(alive) != 1 else ''} with CPUs")
+        chosen = alive[:count]
+        for node, share in zip(chosen, worker_shares(workers, count), strict=True):
+            cpus = int(node["Resources"].get("CPU", 0))
+            if len(share) > cpus:
+                raise ConfigError(f"node {node['NodeManagerAddress']} has {cpus} CPUs for {len(share)} workers: "
+                                  "ask for fewer workers or more nodes")
+        return chosen
+
+    def node_alive(self, node_id: str) -> bool:
+        return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
+
+    def close(self) -> None:
+        """Disconnect; a Ray instance started here stops with it, a user's cluster stays up."""
+        ray.shutdown()
+
+
+class ParameterServer:
+    """The cluster's weights and counters (a Ray actor on the driver's node, one call at a time).
+    Only a node group's current incarnation may exchange: a replaced one is refused."""
+
+    def __init__(self, params: np.ndarray, frames: int) -> None:
+        self.params, self.frames = params.copy(), frames
+        self.messages: list[Message] = []
+        self.optimizer_state: dict[str, Any] | None = None
+        self.incarnations: dict[int, int] = {}
+        self.stop = False
+
+    def register(self, node: int, incarnation: int) -> None:
+        self.incarnations[node] = incarnation
+
+    def exchange(self, node: int, incarnation: int, delta: np.ndarray, frames: int, messages: list[Message],
+                 optimizer_state: dict[str, Any] | None) -> tuple[np.ndarray, int, bool] | None:
+        """Fold in one group's changes; the global weights, frames and the stop request back."""
+        if self.incarnations.get(node) != incarnation:
+            return None
+        self.params += delta
+        self.frames += frames
+        self.messages.extend(messages)
+        if optimizer_state is not None:
+            self.optimizer_state = optimizer_state
+        return self.params.copy(), self.frames, self.stop
+
+    def pull(self, with_params: bool) -> tuple[np.ndarray | None, int, list[Message], dict[str, Any] | None]:
+        """For the driver: the weights (when asked), frames, new messages, the newest Adam state."""
+        messages, self.messages = self.messages, []
+        optimizer_state, self.optimizer_state = self.optimizer_state, None
+        return (self.params.copy() if with_params else None), self.frames, messages, optimizer_state
+
+    def request_stop(self) -> None:
+        self.stop = True
+
+
+def _global_ids(message: Message, worker_ids: list[int]) -> Message:
+    """A worker's message with its id among all the cluster's workers, not its node's slot."""
+    if isinstance(message, EpisodeFinished | LearnerStats | UpdateSkipped):
+        return replace(message, worker=worker_ids[message.worker])
+    return message
+
+
+class NodeGroup:
+    """One node's share of the workers (a Ray actor): the local trainer's worker processes around
+    their own shared weights and Adam, exchanging with the ParameterServer."""
+
+    def __init__(self, index: int, incarnation: int, config: Config, worker_ids: list[int], params: np.ndarray,
+                 optimizer_state: dict[str, Any] | None, server: Any, exchange_interval: float) -> None:
+        torch.set_num_threads(1)
+        one_thread_per_child()  # Ray sets OMP_NUM_THREADS to the actor's CPUs; our workers take one
+        self.index, self.incarnation, self.worker_ids = index, incarnation, worker_ids
+        self.server, self.interval = server, exchange_interval
+        self.config = replace(config, workers=len(worker_ids))
+        model = build_model(self.config, *env_spaces(self.config))
+        self.shared = SharedTraining.create(model, self.config)
+        self.shared.params.copy_(torch.tensor(params))  # torch.tensor copies: Ray's arrays are read-only
+        if optimizer_state is not None:
+            self.shared.optimizer.load_state_dict(optimizer_state)
+        self.base = self.shared.params.clone()  # the global weights as of the last exchange
+        self.pushed_frames = 0                  # of this group's frames, those already sent
+        self.pending: list[Message] = []
+        self.last_optimizer_sync = time.monotonic()
+        niceness = os.getpriority(os.PRIO_PROCESS, 0)
+        if niceness > 0:  # Ray's default for its workers; lowering it takes privileges
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, 0)
+            except OSError:
+                self.pending.append(Note(
+                    f"node group {index}: its workers run at niceness {niceness}, Ray's default, below the "
+                    f"driver's evaluator; start Ray on that node with {WORKER_NICENESS_ENV}=0 for full speed"))
+
+    def run(self) -> int:
+        """Train until the driver asks to stop or the budget is spent; the frames it sent."""
+        def handle(message: Message) -> None:
+            self.pending.append(_global_ids(message, self.worker_ids))
+
+        def say(text: str) -> None:
+            self.pending.append(Note(f"node group {self.index}: {text}"))
+
+        supervisor = Supervisor(self.config, self.shared, handle, say, self.worker_ids,
+                                incarnation_base=1000 * self.incarnation)
+        try:
+            supervisor.start_workers()
+            next_exchange = time.monotonic() + self.interval
+            while True:
+                supervisor.drain(min(POLL_S, max(0.0, next_exchange - time.monotonic())))
+                supervisor.replace_dead()
+                if supervisor.failure is not None:
+                    raise RuntimeError(supervisor.failure)
+                finished = all(c.process.exitcode is not None for c in supervisor.workers())
+                if time.monotonic() >= next_exchange or finished:
+                    stop = self._exchange(final=False)
+                    next_exchange = time.monotonic() + self.interval
+                    if stop or finished:
+                        break
+            supervisor.stop_workers(NODE_STOP_TIMEOUT_S)
+            self._exchange(final=True)
+        finally:
+            supervisor.close()
+        return self.pushed_frames
+
+    def _exchange(self, final: bool) -> bool:
+        """Push the changes since the last exchange, take the global weights; whether to stop."""
+        snapshot = self.shared.params.clone()
+        local_frames = int(self.shared.frames.sum())
+        messages, self.pending = self.pending, []
+        optimizer_state = None
+        if final or time.monotonic() - self.last_optimizer_sync >= OPTIMIZER_SYNC_S:
+            optimizer_state, self.last_optimizer_sync = self.shared.optimizer.state_dict(), time.monotonic()
+        reply = ray.get(self.server.exchange.remote(
+            self.index, self.incarnation, (snapshot - self.base).numpy(), local_frames - self.pushed_frames,
+            messages, optimizer_state))
+        if reply is None:  # replaced by a newer incarnation: nothing of ours counts any more
+            return True
+        params, total_frames, stop = reply
+        global_params = torch.tensor(params)  # a copy: Ray's arrays are read-only
+        # Workers went on while the message travelled: keep their newer steps on top.
+        self.shared.params.add_(global_params - snapshot)
+        self.base = global_params
+        self.pushed_frames = local_frames
+        self.shared.set_frames_elsewhere(total_frames - local_frames)
+        return bool(stop)
+
+
+@dataclass
+class Group:
+    actor: Any
+    done: Any          # ObjectRef of NodeGroup.run
+    index: int
+    incarnation: int
+    node_id: str
+    address: str
+
+
+class RayWorkers:
+    """The driver's side (trainer.RemoteWorkers): starts the parameter server and one NodeGroup per
+    node, folds their frames, episodes and weights into the run's shared state, and replaces a
+    group whose actor dies."""
+
+    def __init__(self, cluster: RayCluster, options: RayOptions, config: Config, shared: SharedTraining,
+                 handle: Callable[[Message], None], say: Callable[[str], None]) -> None:
+        self.cluster, self.options, self.config, self.shared = cluster, options, config, shared
+        self.handle, self.say = handle, say
+        self.shares = worker_shares(config.workers, len(cluster.nodes))
+        self.groups: dict[int, Group] = {}
+        self.deaths = DeathLog(config)
+        self.failure: str | None = None
+        self.stopping = False
+        self.last_weights = 0.0
+        self.server: Any = None
+
+    def start(self) -> None:
+        pin = NodeAffinitySchedulingStrategy(self.cluster.driver_node, soft=False)
+        self.server = ray.remote(ParameterServer).options(num_cpus=0, scheduling_strategy=pin).remote(
+            self.shared.params.numpy(), self.shared.total_frames())
+        for index, node in enumerate(self.cluster.nodes):
+            self._start_group(index, 0, node["NodeID"], node["NodeManagerAddress"], soft=False)
+        self.say("Ray: " + ", ".join(f"node group {g.index} ({_count(len(self.shares[g.index]), 'worker')}) on "
+                                     f"{g.address} (node {g.node_id[:8]})" for g in self.groups.values())
+                 + f"; exchanging every {self.options.exchange_interval:g} s")
+
+    def _start_group(self, index: int, incarnation: int, node_id: str, address: str, soft: bool) -> None:
+        """soft: a replacement goes back to its node if it lives and has room, else anywhere."""
+        ray.get(self.server.register.remote(index, incarnation))
+        strategy = NodeAffinitySchedulingStrategy(node_id, soft=soft)
+        optimizer_state = self.shared.optimizer.state_dict() if incarnation or self.shared.optimizer.steps[0] else None
+        actor: Any = ray.remote(NodeGroup).options(
+            num_cpus=len(self.shares[index]), max_restarts=0, scheduling_strategy=strategy).remote(
+            index, incarnation, self.config, self.shares[index], self.shared.params.numpy(), optimizer_state,
+            self.server, self.options.exchange_interval)
+        self.groups[index] = Group(actor, actor.run.remote(), index, incarnation, node_id, address)
+
+    def poll(self) -> None:
+        if self.failure is not None:
+            return
+        with_params = time.monotonic() - self.last_weights >= WEIGHTS_PULL_S
+        try:
+            self._pull(with_params)
+        except ray.exceptions.RayActorError as error:
+            self.failure = f"the Ray parameter server was lost ({_first_line(error)}); the last checkpoint is kept"
+            return
+        if with_params:
+            self.last_weights = time.monotonic()
+        self._check_groups()
+
+    def _pull(self, with_params: bool) -> None:
+        params, frames, messages, optimizer_state = ray.get(self.server.pull.remote(with_params))
+        if params is not None:
+            self.shared.params.copy_(torch.tensor(params))
+        if optimizer_state is not None:
+            self.shared.optimizer.load_state_dict(optimizer_state)
+        self.shared.set_frames_elsewhere(frames - self.shared.base_frames)
+        for message in messages:
+            self.handle(message)
+
+    def _check_groups(self) -> None:
+        refs = [g.done for g in self.groups.values()]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            group = next(g for g in self.groups.values() if g.done == ref)
+            try:
+                ray.get(ref)
+                if self.shared.budget_reached(self.config) or self.stopping:
+                    continue  # finished its part
+                reason = "ended early"
+            except ray.exceptions.RayActorError as error:
+                reason = f"was lost ({_first_line(error)})"
+            except ray.exceptions.RayTaskError as error:
+                reason = f"failed: {_first_line(error)}"
+            if self.stopping:
+                continue
+            self.say(f"node group {group.index} on {group.address} {reason}")
+            self.failure = self.deaths.record()
+            if self.failure is not None:
+                return
+            ray.kill(group.actor)
+            alive = self.cluster.node_alive(group.node_id)
+            node_id = group.node_id if alive else self.cluster.driver_node
+            self._start_group(group.index, group.incarnation + 1, node_id, group.address, soft=True)
+            self.say(f"node group {group.index} replaced (incarnation {group.incarnation + 1})")
+
+    def stop(self, timeout: float) -> None:
+        """Ask every group to stop, wait for their last exchange, take the final weights."""
+        self.stopping = True
+        if self.server is None or self.failure is not None:
+            return
+        try:
+            ray.get(self.server.request_stop.remote())
+            ray.wait([g.done for g in self.groups.values()], num_returns=len(self.groups), timeout=timeout)
+            self._pull(with_params=True)
+        except ray.exceptions.RayActorError as error:
+            self.failure = f"the Ray parameter server was lost ({_first_line(error)})"
+
+    def close(self) -> None:
+        for group in self.groups.values():
+            ray.kill(group.actor)
+        if self.server is not None:
+            ray.kill(self.server)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -1,0 +1,244 @@
+"""Training on a Ray cluster: a two-node cluster on 127.0.0.1 (ray.cluster_utils.Cluster, one CPU
+per node), shared by this module's tests and shut down at its end. Each run is `a3c train --ray`
+in a subprocess, as a user would start it."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from tests.conftest import SHARED_PROCESS_ROOTS
+from tests.helpers import TrainProcess
+
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+CARTPOLE = ["--env-id", "CartPole-v1", "--lr", "1e-3", "--eval-interval", "600", "--eval-episodes", "5",
+            "--status-interval", "1", "--exchange-interval", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_worker_niceness")}
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keeps Ray on loopback (read at import)
+    ray_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed (pip install 'a3c[ray]')")
+    before = {p.pid for p in psutil.Process().children()}
+    cluster = ray_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        roots = {p.pid for p in psutil.Process().children()} - before
+        SHARED_PROCESS_ROOTS.update(roots)
+        yield cluster
+    finally:
+        cluster.shutdown()
+        _, alive = psutil.wait_procs(_processes(roots), timeout=30)
+        SHARED_PROCESS_ROOTS.difference_update(roots)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        assert not alive, f"Ray processes left after the cluster's shutdown: {alive}"
+
+
+def _processes(pids: set[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        try:
+            found.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 300) -> tuple[int, str]:
+    process = TrainProcess(args, cwd)
+    try:
+        code = process.finish(timeout=timeout)
+    finally:
+        if process.process.poll() is None:
+            process.kill_all()
+    return code, "\n".join(process.lines)
+
+
+def _listening_addresses(roots: list[int]) -> set[str]:
+    addresses = set()
+    for root in roots:
+        try:
+            tree = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in tree:
+            try:
+                addresses.update(c.laddr.ip for c in process.net_connections(kind="inet")
+                                 if c.status == psutil.CONN_LISTEN)
+            except psutil.Error:
+                pass
+    return addresses
+
+
+@pytest.fixture(scope="module")
+def ray_run(cluster, tmp_path_factory):
+    """A CartPole run over both nodes, one worker on each: the run the resume tests continue."""
+    runs = tmp_path_factory.mktemp("ray-runs")
+    code, output = _run(["--ray", cluster.address, "--nodes", "2", "--workers", "2", "--total-frames", "150000",
+                         "--eval-every-frames", "25000", "--runs-dir", str(runs), "--run-name", "two-nodes",
+                         *CARTPOLE], runs)
+    return runs / "two-nodes", code, output
+
+
+def test_trains_on_both_nodes_past_a_random_policy(ray_run):
+    run_dir, code, output = ray_run
+    assert code == 0, output
+    placed = re.search(r"Ray: node group 0 \(1 worker\) on 127\.0\.0\.1 \(node (\w+)\), "
+                       r"node group 1 \(1 worker\) on 127\.0\.0\.1 \(node (\w+)\)", output)
+    assert placed and placed.group(1) != placed.group(2), output  # two groups, two distinct nodes
+    episodes = _rows(run_dir / "train_episodes.csv")
+    assert {row["worker"] for row in episodes} == {"0", "1"}  # each node's worker played
+    # A random policy scores about 22; the local trainer passes 150 by ~160k frames here.
+    best = max(float(row["mean_reward"]) for row in _rows(run_dir / "evaluations.csv"))
+    assert best >= 150, output
+    checkpoint = _checkpoint(run_dir)
+    assert checkpoint["frames"] >= 150_000
+    assert checkpoint["episodes"] == len(episodes)  # every episode counted once
+    assert torch.as_tensor(checkpoint["optimizer"]["state"][0]["step"]) > 0  # a node's Adam came back
+
+
+def test_resumes_a_ray_checkpoint_locally_and_on_ray(cluster, ray_run):
+    run_dir, code, _ = ray_run
+    assert code == 0
+    frames_before = _checkpoint(run_dir)["frames"]
+    code, output = _run(["--resume", str(run_dir), "--total-frames", str(frames_before + 20_000)], run_dir.parent)
+    assert code == 0, output
+    assert f"at {frames_before:,} frames" in output
+    local = _checkpoint(run_dir)
+    assert local["frames"] >= frames_before + 20_000
+    code, output = _run(["--resume", str(run_dir), "--ray", cluster.address, "--total-frames",
+                         str(local["frames"] + 20_000)], run_dir.parent)
+    assert code == 0, output
+    assert "Ray: node group 0" in output and "node group 1" in output  # every live node by default
+    resumed = _checkpoint(run_dir)
+    assert resumed["frames"] >= local["frames"] + 20_000
+    assert resumed["episodes"] == len(_rows(run_dir / "train_episodes.csv"))
+
+
+def test_a_killed_node_group_is_replaced_and_counts_stay_consistent(cluster, tmp_path):
+    process = TrainProcess(["--ray", cluster.address, "--workers", "2", "--total-frames", "120000",
+                            "--runs-dir", str(tmp_path), "--run-name", "killed", *CARTPOLE], tmp_path)
+    try:
+        process.wait_for(r"frames [1-9][\d,]*/")  # training has started
+        groups = [p for p in psutil.process_iter(["cmdline"])
+                  if (p.info["cmdline"] or [""])[0].startswith("ray::NodeGroup")]
+        assert len(groups) == 2, groups
+        victim = groups[0]
+        its_workers = victim.children(recursive=True)
+        # Nothing listens outside loopback: the cluster, the driver, the node groups.
+        assert _listening_addresses([*SHARED_PROCESS_ROOTS, process.process.pid]) <= set(LOOPBACK)
+        victim.kill()
+        process.wait_for(r"node group \d on 127\.0\.0\.1 was lost")
+        process.wait_for(r"node group \d replaced")
+        code = process.finish(timeout=300)
+    finally:
+        if process.process.poll() is None:
+            process.kill_all()
+    output = "\n".join(process.lines)
+    assert code == 0, output
+    _, alive = psutil.wait_procs(its_workers, timeout=30)  # the lost group's workers saw it go
+    assert not alive
+    run_dir = tmp_path / "killed"
+    checkpoint = _checkpoint(run_dir)
+    assert checkpoint["frames"] >= 120_000
+    assert checkpoint["episodes"] == len(_rows(run_dir / "train_episodes.csv"))
+
+
+def test_sigint_writes_a_final_checkpoint_and_leaves_the_cluster_up(cluster, tmp_path):
+    process = TrainProcess(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
+                            "--runs-dir", str(tmp_path), "--run-name", "interrupted", *CARTPOLE], tmp_path)
+    try:
+        process.wait_for(r"frames [1-9][\d,]*/")
+        os.kill(process.process.pid, signal.SIGINT)
+        code = process.finish(timeout=120)
+    finally:
+        if process.process.poll() is None:
+            process.kill_all()
+    output = "\n".join(process.lines)
+    assert code == 130, output
+    assert "Traceback" not in output
+    checkpoint = _checkpoint(tmp_path / "interrupted")
+    assert 0 < checkpoint["frames"] < 10_000_000
+    assert all(node.remaining_processes_alive() for node in cluster.list_all_nodes())  # the user's cluster
+
+
+def test_a_local_ray_instance_is_shut_down_at_the_end(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'a3c[ray]')")
+    process = TrainProcess(["--ray", "--workers", "1", "--total-frames", "2000000", "--runs-dir", str(tmp_path),
+                            "--run-name", "local", *CARTPOLE], tmp_path)
+    try:
+        process.wait_for(r"frames [1-9][\d,]*/")
+        started = psutil.Process(process.process.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in started)
+        assert _listening_addresses([process.process.pid]) <= set(LOOPBACK)
+        os.kill(process.process.pid, signal.SIGTERM)
+        code = process.finish(timeout=120)
+    finally:
+        if process.process.poll() is None:
+            process.kill_all()
+    assert code == 143, "\n".join(process.lines)
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def _a3c(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "a3c", "train", *args], cwd=cwd, capture_output=True, text=True, check=False,
+                          timeout=timeout)
+
+
+def test_more_nodes_than_the_cluster_has_is_one_line(cluster, tmp_path):
+    result = _a3c(["--ray", cluster.address, "--nodes", "3", "--workers", "3", "--env-id", "CartPole-v1",
+                   "--runs-dir", str(tmp_path)], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == ("a3c: error: --nodes 3: the Ray cluster has 2 live nodes "
+                                                      "with CPUs")
+    assert not any(tmp_path.iterdir())  # no run directory
+
+
+def test_an_address_that_does_not_answer_is_one_line_within_seconds(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'a3c[ray]')")
+    with socket.socket() as probe:  # a loopback port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    result = _a3c(["--ray", f"127.0.0.1:{port}", "--env-id", "CartPole-v1", "--runs-dir", str(tmp_path)], tmp_path)
+    assert time.monotonic() - start < 60
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"a3c: error: no Ray cluster answered at 127.0.0.1:{port}") or \
+        lines[-1].startswith(f"a3c: error: cannot join the Ray cluster at 127.0.0.1:{port}"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_without_ray_installed_it_says_how_to_install_it(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None; from a3c.cli import main; "
+            "sys.exit(main(['train', '--ray', '--env-id', 'CartPole-v1', '--runs-dir', sys.argv[1]]))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "a3c: error: training on Ray needs the ray package: pip install 'a3c[ray]'"
