@@ -38,7 +38,6 @@ from a3c.supervisor import POLL_S, DeathLog, Supervisor, one_thread_per_child
 
 CONNECT_TIMEOUT_S = 30.0
 OPTIMIZER_SYNC_S = 10.0   # how often a node sends its Adam moments, for the driver's checkpoints
-WEIGHTS_PULL_S = 1.0      # how often the driver copies the global weights for its evaluator
 NODE_STOP_TIMEOUT_S = 60.0
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Ray rewrites a loopback address to the machine's own unless told it runs on one machine only.
@@ -152,11 +151,11 @@ class ParameterServer:
             self.optimizer_state = optimizer_state
         return self.params.copy(), self.frames, self.stop
 
-    def pull(self, with_params: bool) -> tuple[np.ndarray | None, int, list[Message], dict[str, Any] | None]:
-        """For the driver: the weights (when asked), frames, new messages, the newest Adam state."""
+    def pull(self) -> tuple[np.ndarray, int, list[Message], dict[str, Any] | None]:
+        """For the driver: the weights, frames, new messages, the newest Adam state."""
         messages, self.messages = self.messages, []
         optimizer_state, self.optimizer_state = self.optimizer_state, None
-        return (self.params.copy() if with_params else None), self.frames, messages, optimizer_state
+        return self.params.copy(), self.frames, messages, optimizer_state
 
     def request_stop(self) -> None:
         self.stop = True
@@ -275,7 +274,6 @@ class RayWorkers:
         self.deaths = DeathLog(config)
         self.failure: str | None = None
         self.stopping = False
-        self.last_weights = 0.0
         self.server: Any = None
 
     def start(self) -> None:
@@ -302,20 +300,18 @@ class RayWorkers:
     def poll(self) -> None:
         if self.failure is not None:
             return
-        with_params = time.monotonic() - self.last_weights >= WEIGHTS_PULL_S
         try:
-            self._pull(with_params)
+            self._pull()
         except ray.exceptions.RayActorError as error:
             self.failure = f"the Ray parameter server was lost ({_first_line(error)}); the last checkpoint is kept"
             return
-        if with_params:
-            self.last_weights = time.monotonic()
         self._check_groups()
 
-    def _pull(self, with_params: bool) -> None:
-        params, frames, messages, optimizer_state = ray.get(self.server.pull.remote(with_params))
-        if params is not None:
-            self.shared.params.copy_(torch.tensor(params))
+    def _pull(self) -> None:
+        """The global weights with the frames they were trained for (both at once: the evaluator labels
+        its scores with those frames), new messages, the newest Adam state."""
+        params, frames, messages, optimizer_state = ray.get(self.server.pull.remote())
+        self.shared.params.copy_(torch.tensor(params))
         if optimizer_state is not None:
             self.shared.optimizer.load_state_dict(optimizer_state)
         self.shared.set_frames_elsewhere(frames - self.shared.base_frames)
@@ -356,7 +352,7 @@ class RayWorkers:
         try:
             ray.get(self.server.request_stop.remote())
             ray.wait([g.done for g in self.groups.values()], num_returns=len(self.groups), timeout=timeout)
-            self._pull(with_params=True)
+            self._pull()
         except ray.exceptions.RayActorError as error:
             self.failure = f"the Ray parameter server was lost ({_first_line(error)})"
 

@@ -146,8 +146,7 @@ def test_a_killed_node_group_is_replaced_and_counts_stay_consistent(cluster, tmp
                             "--runs-dir", str(tmp_path), "--run-name", "killed", *CARTPOLE], tmp_path)
     try:
         process.wait_for(r"frames [1-9][\d,]*/")  # training has started
-        groups = [p for p in psutil.process_iter(["cmdline"])
-                  if (p.info["cmdline"] or [""])[0].startswith("ray::NodeGroup")]
+        groups = _ray_processes("ray::NodeGroup")
         assert len(groups) == 2, groups
         victim = groups[0]
         its_workers = victim.children(recursive=True)
@@ -168,6 +167,53 @@ def test_a_killed_node_group_is_replaced_and_counts_stay_consistent(cluster, tmp
     checkpoint = _checkpoint(run_dir)
     assert checkpoint["frames"] >= 120_000
     assert checkpoint["episodes"] == len(_rows(run_dir / "train_episodes.csv"))
+
+
+def _ray_processes(prefix: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(prefix)]
+
+
+def test_losing_the_parameter_server_ends_the_run_with_one_error_and_a_resumable_checkpoint(cluster, tmp_path):
+    process = TrainProcess(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
+                            "--eval-every-frames", "20000", "--runs-dir", str(tmp_path), "--run-name", "lost",
+                            *CARTPOLE], tmp_path)
+    try:
+        process.wait_for(r"eval at [\d,]+ frames")  # a checkpoint exists
+        servers = _ray_processes("ray::ParameterServer")
+        assert len(servers) == 1, servers
+        servers[0].kill()
+        code = process.finish(timeout=120)
+    finally:
+        if process.process.poll() is None:
+            process.kill_all()
+    output = "\n".join(process.lines)
+    assert code == 1, output
+    assert "error: the Ray parameter server was lost" in output
+    assert "Traceback" not in output
+    assert _checkpoint(tmp_path / "lost")["frames"] > 0
+    code, output = _run(["--resume", str(tmp_path / "lost"), "--total-frames", "1"], tmp_path)  # resumable
+    assert code == 0, output
+
+
+def test_a_killed_driver_takes_its_node_groups_and_workers_with_it(cluster, tmp_path):
+    process = TrainProcess(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
+                            "--runs-dir", str(tmp_path), "--run-name", "driver", *CARTPOLE], tmp_path)
+    try:
+        process.wait_for(r"frames [1-9][\d,]*/")
+        groups = _ray_processes("ray::NodeGroup")
+        assert len(groups) == 2, groups
+        workers = [child for group in groups for child in group.children(recursive=True)]
+        assert workers
+        evaluator = psutil.Process(process.process.pid).children()
+        process.process.kill()
+        process.finish(timeout=60)
+        # Ray ends the actors of a driver that is gone; their workers and the evaluator see their parent go.
+        _, alive = psutil.wait_procs([*groups, *workers, *evaluator], timeout=60)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        if process.process.poll() is None:
+            process.kill_all()
+    assert all(node.remaining_processes_alive() for node in cluster.list_all_nodes())
 
 
 def test_sigint_writes_a_final_checkpoint_and_leaves_the_cluster_up(cluster, tmp_path):
