@@ -11,6 +11,7 @@ act with it and evaluate it. The command line (cli.py) is a thin layer over thes
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +39,8 @@ from a3c.trainer import EXIT_OK, RemoteFactory, Trainer
 
 if TYPE_CHECKING:
     from a3c.ray_cluster import RayCluster
+
+KEEP_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 # Settings a resumed run cannot change: they fix the environment's spaces or the model's shape.
 FIXED_ON_RESUME = ("env_id", "body", "lstm", "mlp_hidden", "screen_size", "frame_stack")
@@ -105,6 +108,10 @@ def _connect(options: RayOptions | None, config: Config) -> tuple[RayCluster | N
     if options is None:
         return None, None
     options.check()
+    if options.on_loopback:
+        # Read by Ray when it is imported: without it Ray puts a local instance, and a loopback
+        # address, on the machine's network address, reachable from outside.
+        os.environ[KEEP_LOOPBACK_ENV] = "0"
     try:
         from a3c import ray_cluster
     except ModuleNotFoundError as error:

@@ -266,6 +266,15 @@ class RayOptions:
     nodes: int | None = None
     exchange_interval: float = 0.25
 
+    @property
+    def on_loopback(self) -> bool:
+        """A Ray instance started here, or a cluster at a loopback address: everything stays on
+        127.0.0.1."""
+        if self.address is None:
+            return True
+        host = self.address.rsplit(":", 1)[0].strip("[]")
+        return host in ("localhost", "::1") or host.startswith("127.")
+
     def check(self) -> None:
         if self.nodes is not None and self.nodes < 1:
             raise ConfigError(f"--nodes must be at least 1, got {self.nodes}")

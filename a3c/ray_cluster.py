@@ -39,9 +39,6 @@ from a3c.supervisor import POLL_S, DeathLog, Supervisor, one_thread_per_child
 CONNECT_TIMEOUT_S = 30.0
 OPTIMIZER_SYNC_S = 10.0   # how often a node sends its Adam moments, for the driver's checkpoints
 NODE_STOP_TIMEOUT_S = 60.0
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-# Ray rewrites a loopback address to the machine's own unless told it runs on one machine only.
-KEEP_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Ray starts its worker processes at niceness 15 unless its raylet is told otherwise.
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
@@ -57,11 +54,6 @@ def worker_shares(workers: int, nodes: int) -> list[list[int]]:
         shares.append(list(range(start, start + size)))
         start += size
     return shares
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def check_answers(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -84,8 +76,6 @@ class RayCluster:
 
     def __init__(self, options: RayOptions, workers: int) -> None:
         self.options, self.started_here = options, options.address is None
-        if options.address is None or _is_loopback(options.address):
-            os.environ[KEEP_LOOPBACK_ENV] = "0"  # inherited by every Ray process started from here
         if options.address is None:  # the workers run at the local trainer's priority
             os.environ[WORKER_NICENESS_ENV] = "0"
         if options.address is not None:

@@ -234,14 +234,16 @@ def test_sigint_writes_a_final_checkpoint_and_leaves_the_cluster_up(cluster, tmp
     assert all(node.remaining_processes_alive() for node in cluster.list_all_nodes())  # the user's cluster
 
 
-def test_a_local_ray_instance_is_shut_down_at_the_end(tmp_path):
+def test_a_local_ray_instance_is_shut_down_at_the_end(tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'a3c[ray]')")
+    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)  # the trainer keeps loopback itself
     process = TrainProcess(["--ray", "--workers", "1", "--total-frames", "2000000", "--runs-dir", str(tmp_path),
                             "--run-name", "local", *CARTPOLE], tmp_path)
     try:
         process.wait_for(r"frames [1-9][\d,]*/")
         started = psutil.Process(process.process.pid).children(recursive=True)
         assert any("raylet" in " ".join(p.cmdline()) for p in started)
+        assert re.search(r"Ray: node group 0 \(1 worker\) on 127\.0\.0\.1", "\n".join(process.lines))
         assert _listening_addresses([process.process.pid]) <= set(LOOPBACK)
         os.kill(process.process.pid, signal.SIGTERM)
         code = process.finish(timeout=120)
