@@ -124,16 +124,19 @@ class ParameterServer:
         self.messages: list[Message] = []
         self.optimizer_state: dict[str, Any] | None = None
         self.incarnations: dict[int, int] = {}
+        self.exchanging: set[int] = set()  # groups whose current incarnation has exchanged
         self.stop = False
 
     def register(self, node: int, incarnation: int) -> None:
         self.incarnations[node] = incarnation
+        self.exchanging.discard(node)
 
     def exchange(self, node: int, incarnation: int, delta: np.ndarray, frames: int, messages: list[Message],
                  optimizer_state: dict[str, Any] | None) -> tuple[np.ndarray, int, bool] | None:
         """Fold in one group's changes; the global weights, frames and the stop request back."""
         if self.incarnations.get(node) != incarnation:
             return None
+        self.exchanging.add(node)
         self.params += delta
         self.frames += frames
         self.messages.extend(messages)
@@ -147,8 +150,11 @@ class ParameterServer:
         optimizer_state, self.optimizer_state = self.optimizer_state, None
         return self.params.copy(), self.frames, messages, optimizer_state
 
-    def request_stop(self) -> None:
+    def request_stop(self) -> list[int]:
+        """The groups to wait for: those running. A replacement still waiting for a place (its node's
+        loss not yet known to Ray, say) has nothing to hand in."""
         self.stop = True
+        return sorted(self.exchanging)
 
 
 def _global_ids(message: Message, worker_ids: list[int]) -> Message:
@@ -197,6 +203,8 @@ class NodeGroup:
 
         supervisor = Supervisor(self.config, self.shared, handle, say, self.worker_ids,
                                 incarnation_base=1000 * self.incarnation)
+        if self.incarnation:
+            say(f"incarnation {self.incarnation} running on node {ray.get_runtime_context().get_node_id()[:8]}")
         try:
             supervisor.start_workers()
             next_exchange = time.monotonic() + self.interval
@@ -340,8 +348,8 @@ class RayWorkers:
         if self.server is None or self.failure is not None:
             return
         try:
-            ray.get(self.server.request_stop.remote())
-            ray.wait([g.done for g in self.groups.values()], num_returns=len(self.groups), timeout=timeout)
+            running = [self.groups[index].done for index in ray.get(self.server.request_stop.remote())]
+            ray.wait(running, num_returns=len(running), timeout=timeout)
             self._pull()
         except ray.exceptions.RayActorError as error:
             self.failure = f"the Ray parameter server was lost ({_first_line(error)})"
