@@ -4,6 +4,7 @@ in a subprocess, as a user would start it."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -70,13 +72,20 @@ def _checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
 
 
-def _run(args: list[str], cwd: Path, timeout: float = 300) -> tuple[int, str]:
+@contextlib.contextmanager
+def _training(args: list[str], cwd: Path) -> Iterator[TrainProcess]:
+    """`a3c train ARGS` in a subprocess, ended with all it started if the test fails while it runs."""
     process = TrainProcess(args, cwd)
     try:
-        code = process.finish(timeout=timeout)
+        yield process
     finally:
         if process.process.poll() is None:
             process.kill_all()
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 300) -> tuple[int, str]:
+    with _training(args, cwd) as process:
+        code = process.finish(timeout=timeout)
     return code, "\n".join(process.lines)
 
 
@@ -142,9 +151,8 @@ def test_resumes_a_ray_checkpoint_locally_and_on_ray(cluster, ray_run):
 
 
 def test_a_killed_node_group_is_replaced_and_counts_stay_consistent(cluster, tmp_path):
-    process = TrainProcess(["--ray", cluster.address, "--workers", "2", "--total-frames", "300000",
-                            "--runs-dir", str(tmp_path), "--run-name", "killed", *CARTPOLE], tmp_path)
-    try:
+    with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "300000",
+                    "--runs-dir", str(tmp_path), "--run-name", "killed", *CARTPOLE], tmp_path) as process:
         process.wait_for(r"frames [1-9][\d,]*/")  # training has started
         groups = _ray_processes("ray::NodeGroup")
         assert len(groups) == 2, groups
@@ -157,9 +165,6 @@ def test_a_killed_node_group_is_replaced_and_counts_stay_consistent(cluster, tmp
         process.wait_for(r"node group \d replaced")
         process.wait_for(r"node group \d: incarnation 1 running on node \w+")
         code = process.finish(timeout=300)
-    finally:
-        if process.process.poll() is None:
-            process.kill_all()
     output = "\n".join(process.lines)
     assert code == 0, output
     _, alive = psutil.wait_procs(its_workers, timeout=30)  # the lost group's workers saw it go
@@ -175,18 +180,14 @@ def _ray_processes(prefix: str) -> list[psutil.Process]:
 
 
 def test_losing_the_parameter_server_ends_the_run_with_one_error_and_a_resumable_checkpoint(cluster, tmp_path):
-    process = TrainProcess(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
-                            "--eval-every-frames", "20000", "--runs-dir", str(tmp_path), "--run-name", "lost",
-                            *CARTPOLE], tmp_path)
-    try:
+    with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
+                    "--eval-every-frames", "20000", "--runs-dir", str(tmp_path), "--run-name", "lost",
+                    *CARTPOLE], tmp_path) as process:
         process.wait_for(r"eval at [\d,]+ frames")  # a checkpoint exists
         servers = _ray_processes("ray::ParameterServer")
         assert len(servers) == 1, servers
         servers[0].kill()
         code = process.finish(timeout=120)
-    finally:
-        if process.process.poll() is None:
-            process.kill_all()
     output = "\n".join(process.lines)
     assert code == 1, output
     assert "error: the Ray parameter server was lost" in output
@@ -197,9 +198,8 @@ def test_losing_the_parameter_server_ends_the_run_with_one_error_and_a_resumable
 
 
 def test_a_killed_driver_takes_its_node_groups_and_workers_with_it(cluster, tmp_path):
-    process = TrainProcess(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
-                            "--runs-dir", str(tmp_path), "--run-name", "driver", *CARTPOLE], tmp_path)
-    try:
+    with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
+                    "--runs-dir", str(tmp_path), "--run-name", "driver", *CARTPOLE], tmp_path) as process:
         process.wait_for(r"frames [1-9][\d,]*/")
         groups = _ray_processes("ray::NodeGroup")
         assert len(groups) == 2, groups
@@ -211,22 +211,15 @@ def test_a_killed_driver_takes_its_node_groups_and_workers_with_it(cluster, tmp_
         # Ray ends the actors of a driver that is gone; their workers and the evaluator see their parent go.
         _, alive = psutil.wait_procs([*groups, *workers, *evaluator], timeout=60)
         assert not alive, [p.pid for p in alive]
-    finally:
-        if process.process.poll() is None:
-            process.kill_all()
     assert all(node.remaining_processes_alive() for node in cluster.list_all_nodes())
 
 
 def test_sigint_writes_a_final_checkpoint_and_leaves_the_cluster_up(cluster, tmp_path):
-    process = TrainProcess(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
-                            "--runs-dir", str(tmp_path), "--run-name", "interrupted", *CARTPOLE], tmp_path)
-    try:
+    with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
+                    "--runs-dir", str(tmp_path), "--run-name", "interrupted", *CARTPOLE], tmp_path) as process:
         process.wait_for(r"frames [1-9][\d,]*/")
         os.kill(process.process.pid, signal.SIGINT)
         code = process.finish(timeout=120)
-    finally:
-        if process.process.poll() is None:
-            process.kill_all()
     output = "\n".join(process.lines)
     assert code == 130, output
     assert "Traceback" not in output
@@ -238,9 +231,8 @@ def test_sigint_writes_a_final_checkpoint_and_leaves_the_cluster_up(cluster, tmp
 def test_a_local_ray_instance_is_shut_down_at_the_end(tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'a3c[ray]')")
     monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)  # the trainer keeps loopback itself
-    process = TrainProcess(["--ray", "--workers", "1", "--total-frames", "2000000", "--runs-dir", str(tmp_path),
-                            "--run-name", "local", *CARTPOLE], tmp_path)
-    try:
+    with _training(["--ray", "--workers", "1", "--total-frames", "2000000", "--runs-dir", str(tmp_path),
+                    "--run-name", "local", *CARTPOLE], tmp_path) as process:
         process.wait_for(r"frames [1-9][\d,]*/")
         started = psutil.Process(process.process.pid).children(recursive=True)
         assert any("raylet" in " ".join(p.cmdline()) for p in started)
@@ -248,9 +240,6 @@ def test_a_local_ray_instance_is_shut_down_at_the_end(tmp_path, monkeypatch):
         assert _listening_addresses([process.process.pid]) <= set(LOOPBACK)
         os.kill(process.process.pid, signal.SIGTERM)
         code = process.finish(timeout=120)
-    finally:
-        if process.process.poll() is None:
-            process.kill_all()
     assert code == 143, "\n".join(process.lines)
     _, alive = psutil.wait_procs(started, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
