@@ -158,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: off, the local trainer)")
     on_ray.add_argument("--nodes", type=int, help="nodes to spread the workers over (default: every live node "
                         "of the cluster; one for a local instance)")
-    on_ray.add_argument("--exchange-interval", type=float, default=RayOptions.exchange_interval,
-                        help="seconds between a node's exchanges with the global weights (default: "
-                        f"{RayOptions.exchange_interval})")
+    on_ray.add_argument("--exchange-interval", type=float,
+                        help="seconds between a node's exchanges with the global weights (default: as often as "
+                        "sending about 10 MB/s per node allows: 0.27 s for the 84x84 Atari network, 5 ms for "
+                        "CartPole's)")
     add_config_arguments(train)
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
     evaluate.add_argument("--run", help="run directory (default: the newest under --runs-dir)")

@@ -264,7 +264,7 @@ class RayOptions:
 
     address: str | None = None
     nodes: int | None = None
-    exchange_interval: float = 0.25
+    exchange_interval: float | None = None  # None: ray_cluster.auto_exchange_interval
 
     @property
     def on_loopback(self) -> bool:
@@ -278,5 +278,5 @@ class RayOptions:
     def check(self) -> None:
         if self.nodes is not None and self.nodes < 1:
             raise ConfigError(f"--nodes must be at least 1, got {self.nodes}")
-        if not self.exchange_interval > 0:
+        if self.exchange_interval is not None and not self.exchange_interval > 0:
             raise ConfigError(f"--exchange-interval must be positive, got {self.exchange_interval}")

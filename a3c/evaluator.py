@@ -129,8 +129,6 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
     after the workers have finished, writing latest.pt every time and best.pt on a new best."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(1)
-    with contextlib.suppress(OSError):  # where the system refuses, it evaluates at normal priority
-        os.nice(config.eval_niceness)
     device = resolve_device(config.eval_device)
     run_path = Path(run_dir)
     checkpoints = run_path / CHECKPOINT_DIR

@@ -3,7 +3,7 @@ imports this module).
 
 The algorithm is unchanged: on every node one Ray actor, a NodeGroup, runs today's shared-memory
 Hogwild group (a Supervisor with its worker processes and its own shared Adam). A ParameterServer
-actor on the driver's node holds the cluster's weights. Every exchange_interval seconds each
+actor on the driver's node holds the cluster's weights. Every exchange interval each
 group, on its own schedule and never waiting for another, pushes what its workers changed since
 its last exchange (a weight delta), with its frames and the episodes it finished, and pulls the
 global weights back. A message per update would cost as much as the update (docs/benchmarks.md).
@@ -41,6 +41,17 @@ OPTIMIZER_SYNC_S = 10.0   # how often a node sends its Adam moments, for the dri
 NODE_STOP_TIMEOUT_S = 60.0
 # Ray starts its worker processes at niceness 15 unless its raylet is told otherwise.
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
+# A node group's workers run this much nicer than its actor, so that an exchange (the actor, the
+# parameter server, Ray's own processes) does not queue behind them for the CPU: with both cores
+# busy, a round trip took 20-35 ms at equal priority and 9-10 ms with this (docs/benchmarks.md).
+EXCHANGE_PRECEDENCE = 5
+# The default exchange interval sends a node's weights at about this rate, and not more often than
+# every MIN_EXCHANGE_INTERVAL_S: the fewer updates a node makes between exchanges, the more the
+# cluster learns per frame like one machine, but every exchange costs CPU. KungFuMaster on 2 cores:
+# every 0.25 s (11 MB/s) trained at 0.90 of local frames/s, every 0.05 s at 0.77; CartPole's small
+# network learned per frame as on one machine only when exchanged every few ms (docs/benchmarks.md).
+EXCHANGE_BYTES_PER_S = 10e6
+MIN_EXCHANGE_INTERVAL_S = 0.005
 
 
 def worker_shares(workers: int, nodes: int) -> list[list[int]]:
@@ -54,6 +65,11 @@ def worker_shares(workers: int, nodes: int) -> list[list[int]]:
         shares.append(list(range(start, start + size)))
         start += size
     return shares
+
+
+def auto_exchange_interval(parameters: int) -> float:
+    """Seconds between a node's exchanges for a float32 model of this many parameters."""
+    return max(MIN_EXCHANGE_INTERVAL_S, 4 * parameters / EXCHANGE_BYTES_PER_S)
 
 
 def check_answers(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
@@ -202,7 +218,7 @@ class NodeGroup:
             self.pending.append(Note(f"node group {self.index}: {text}"))
 
         supervisor = Supervisor(self.config, self.shared, handle, say, self.worker_ids,
-                                incarnation_base=1000 * self.incarnation)
+                                incarnation_base=1000 * self.incarnation, worker_niceness=EXCHANGE_PRECEDENCE)
         if self.incarnation:
             say(f"incarnation {self.incarnation} running on node {ray.get_runtime_context().get_node_id()[:8]}")
         try:
@@ -268,6 +284,7 @@ class RayWorkers:
         self.cluster, self.options, self.config, self.shared = cluster, options, config, shared
         self.handle, self.say = handle, say
         self.shares = worker_shares(config.workers, len(cluster.nodes))
+        self.exchange_interval = options.exchange_interval or auto_exchange_interval(shared.params.numel())
         self.groups: dict[int, Group] = {}
         self.deaths = DeathLog(config)
         self.failure: str | None = None
@@ -282,7 +299,7 @@ class RayWorkers:
             self._start_group(index, 0, node["NodeID"], node["NodeManagerAddress"], soft=False)
         self.say("Ray: " + ", ".join(f"node group {g.index} ({_count(len(self.shares[g.index]), 'worker')}) on "
                                      f"{g.address} (node {g.node_id[:8]})" for g in self.groups.values())
-                 + f"; exchanging every {self.options.exchange_interval:g} s")
+                 + f"; exchanging every {self.exchange_interval:.3g} s")
 
     def _start_group(self, index: int, incarnation: int, node_id: str, address: str, soft: bool) -> None:
         """soft: a replacement goes back to its node if it lives and has room, else anywhere."""
@@ -292,7 +309,7 @@ class RayWorkers:
         actor: Any = ray.remote(NodeGroup).options(
             num_cpus=len(self.shares[index]), max_restarts=0, scheduling_strategy=strategy).remote(
             index, incarnation, self.config, self.shares[index], self.shared.params.numpy(), optimizer_state,
-            self.server, self.options.exchange_interval)
+            self.server, self.exchange_interval)
         self.groups[index] = Group(actor, actor.run.remote(), index, incarnation, node_id, address)
 
     def poll(self) -> None:

@@ -4,6 +4,7 @@ node's group of workers runs one too (a3c/ray_cluster.py), so both run the same 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
@@ -61,6 +62,15 @@ class Child:
     incarnation: int = 0
 
 
+def _run_nicer(niceness: int, target: Callable[..., None], *args: Any) -> None:
+    """A child's entry: lower its priority once its imports are done (a start-up at low priority
+    waits behind busy workers for seconds), then run it."""
+    if niceness:
+        with contextlib.suppress(OSError):  # where the system refuses, it runs at our priority
+            os.nice(niceness)
+    target(*args)
+
+
 class Supervisor:
     """`handle(message)` gets every message a child sends; `say(text)` every event worth a line
     (a death, a replacement). `worker_ids[slot]` is the id under which a slot's worker is seeded
@@ -69,10 +79,11 @@ class Supervisor:
 
     def __init__(self, config: Config, shared: SharedTraining, handle: Callable[[Message], None],
                  say: Callable[[str], None], worker_ids: list[int] | None = None,
-                 incarnation_base: int = 0) -> None:
+                 incarnation_base: int = 0, worker_niceness: int = 0) -> None:
         self.config, self.shared, self.handle, self.say = config, shared, handle, say
         self.worker_ids = worker_ids if worker_ids is not None else list(range(config.workers))
         self.incarnation_base = incarnation_base
+        self.worker_niceness = worker_niceness
         self.context = mp.get_context(START_METHOD)
         self.children: list[Child] = []
         self.deaths = DeathLog(config)
@@ -87,20 +98,22 @@ class Supervisor:
     def start_worker(self, slot: int, incarnation: int = 0) -> None:
         seeds = seed_stream(self.config.seed, self.worker_ids[slot], self.incarnation_base + incarnation)
         self._start(run_worker, f"a3c-worker-{self.worker_ids[slot]}", "worker", slot, incarnation,
-                    (slot, self.config, self.shared, seeds))
+                    (slot, self.config, self.shared, seeds), self.worker_niceness)
 
     def start_evaluator(self, args: Callable[[], tuple[Any, ...]], incarnation: int = 0) -> None:
         """`args()`: run_evaluator's arguments after the shared state, read anew for a replacement
         (the best score so far changes)."""
         self.evaluator_args = args
         self._start(run_evaluator, "a3c-evaluator", "evaluator", -1, incarnation,
-                    (self.config, self.shared, *args()))
+                    (self.config, self.shared, *args()), self.config.eval_niceness)
 
     def _start(self, target: Callable[..., None], name: str, role: str, slot: int, incarnation: int,
-               args: tuple[Any, ...]) -> None:
+               args: tuple[Any, ...], niceness: int = 0) -> None:
+        """niceness: added to ours for the child, which then takes only the CPU that the processes
+        at our priority leave."""
         receiver, sender = self.context.Pipe(duplex=False)
-        process = self.context.Process(target=target, name=name, daemon=True,
-                                       args=(*args, sender, os.getpid()))
+        process = self.context.Process(target=_run_nicer, name=name, daemon=True,
+                                       args=(niceness, target, *args, sender, os.getpid()))
         process.start()
         sender.close()
         self.children.append(Child(process, receiver, role, slot, incarnation))

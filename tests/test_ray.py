@@ -25,7 +25,7 @@ from tests.helpers import TrainProcess
 
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 CARTPOLE = ["--env-id", "CartPole-v1", "--lr", "1e-3", "--eval-interval", "600", "--eval-episodes", "5",
-            "--status-interval", "1", "--exchange-interval", "0.1"]
+            "--status-interval", "1", "--eval-niceness", "0"]  # evaluations at the frames asked for
 
 
 @pytest.fixture(scope="module")

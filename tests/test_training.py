@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,10 @@ import torch
 
 from a3c.checkpoint import load_checkpoint
 from a3c.config import Config
+from a3c.envs import env_spaces
+from a3c.model import build_model
+from a3c.shared import SharedTraining
+from a3c.supervisor import POLL_S, Supervisor
 from a3c.trainer import Trainer
 
 
@@ -40,6 +46,32 @@ def test_several_workers_update_the_shared_model(tmp_path):
         played = sum(int(r["length"]) for r in episodes if int(r["worker"]) == worker)
         assert played <= frames  # finished episodes fit inside the counted frames
     assert all(not c.process.is_alive() for c in trainer.supervisor.children)
+
+
+def test_children_run_at_the_niceness_asked_for(tmp_path):
+    # The evaluator yields the CPU to the workers (eval_niceness); on Ray a node group's workers
+    # yield it to the exchange (worker_niceness). Both are added to the parent's niceness.
+    config = Config(env_id="CartPole-v1", workers=1, eval_niceness=7, runs_dir=str(tmp_path))
+    obs_shape, n_actions = env_spaces(config)
+    shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
+    supervisor = Supervisor(config, shared, handle=lambda message: None, say=lambda text: None, worker_niceness=3)
+    expected = {"worker": min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3),
+                "evaluator": min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)}
+
+    def niceness() -> dict[str, int]:
+        return {c.role: os.getpriority(os.PRIO_PROCESS, c.process.pid) for c in supervisor.children}
+
+    try:
+        supervisor.start_workers()
+        supervisor.start_evaluator(lambda: (str(tmp_path), obs_shape, n_actions, None))
+        deadline = time.monotonic() + 60  # each child lowers its priority once it has imported torch
+        while niceness() != expected and time.monotonic() < deadline:
+            supervisor.drain(POLL_S)
+        seen = niceness()
+    finally:
+        supervisor.close()
+    assert seen == expected
+    assert all(not c.process.is_alive() for c in supervisor.children)
 
 
 def test_cartpole_learns_well_above_random(tmp_path):
