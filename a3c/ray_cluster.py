@@ -43,13 +43,14 @@ NODE_STOP_TIMEOUT_S = 60.0
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
 # A node group's workers run this much nicer than its actor, so that an exchange (the actor, the
 # parameter server, Ray's own processes) does not queue behind them for the CPU: with both cores
-# busy, a round trip took 20-35 ms at equal priority and 9-10 ms with this (docs/benchmarks.md).
+# busy, a CartPole round trip took 20-35 ms at equal priority and 9-10 ms with this.
 EXCHANGE_PRECEDENCE = 5
 # The default exchange interval sends a node's weights at about this rate, and not more often than
 # every MIN_EXCHANGE_INTERVAL_S: the fewer updates a node makes between exchanges, the more the
 # cluster learns per frame like one machine, but every exchange costs CPU. KungFuMaster on 2 cores:
 # every 0.25 s (11 MB/s) trained at 0.90 of local frames/s, every 0.05 s at 0.77; CartPole's small
-# network learned per frame as on one machine only when exchanged every few ms (docs/benchmarks.md).
+# network came closest to one machine's learning per frame when exchanged every few ms, where it
+# costs little (docs/benchmarks.md).
 EXCHANGE_BYTES_PER_S = 10e6
 MIN_EXCHANGE_INTERVAL_S = 0.005
 
