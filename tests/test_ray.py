@@ -20,6 +20,7 @@ import psutil
 import pytest
 import torch
 
+from a3c.api import KEEP_LOOPBACK_ENV
 from tests.conftest import SHARED_PROCESS_ROOTS
 from tests.helpers import TrainProcess
 
@@ -30,8 +31,8 @@ CARTPOLE = ["--env-id", "CartPole-v1", "--lr", "1e-3", "--eval-interval", "600",
 
 @pytest.fixture(scope="module")
 def cluster():
-    saved = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_worker_niceness")}
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keeps Ray on loopback (read at import)
+    saved = {k: os.environ.get(k) for k in (KEEP_LOOPBACK_ENV, "RAY_worker_niceness")}
+    os.environ[KEEP_LOOPBACK_ENV] = "0"  # keeps Ray on loopback (read at import)
     ray_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed (pip install 'a3c[ray]')")
     before = {p.pid for p in psutil.Process().children()}
     cluster = ray_utils.Cluster(initialize_head=True, head_node_args={
@@ -230,7 +231,7 @@ def test_sigint_writes_a_final_checkpoint_and_leaves_the_cluster_up(cluster, tmp
 
 def test_a_local_ray_instance_is_shut_down_at_the_end(tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'a3c[ray]')")
-    monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)  # the trainer keeps loopback itself
+    monkeypatch.delenv(KEEP_LOOPBACK_ENV, raising=False)  # the trainer keeps loopback itself
     with _training(["--ray", "--workers", "1", "--total-frames", "2000000", "--runs-dir", str(tmp_path),
                     "--run-name", "local", *CARTPOLE], tmp_path) as process:
         process.wait_for(r"frames [1-9][\d,]*/")

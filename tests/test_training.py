@@ -55,8 +55,8 @@ def test_children_run_at_the_niceness_asked_for(tmp_path):
     obs_shape, n_actions = env_spaces(config)
     shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
     supervisor = Supervisor(config, shared, handle=lambda message: None, say=lambda text: None, worker_niceness=3)
-    expected = {"worker": min(19, os.getpriority(os.PRIO_PROCESS, 0) + 3),
-                "evaluator": min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)}
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = {"worker": min(19, ours + 3), "evaluator": min(19, ours + 7)}
 
     def niceness() -> dict[str, int]:
         return {c.role: os.getpriority(os.PRIO_PROCESS, c.process.pid) for c in supervisor.children}
