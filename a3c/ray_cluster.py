@@ -127,6 +127,11 @@ class RayCluster:
     def node_alive(self, node_id: str) -> bool:
         return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
 
+    def live_cpus(self) -> dict[str, tuple[str, int]]:
+        """Each live node's address and CPUs, by node id."""
+        return {n["NodeID"]: (n["NodeManagerAddress"], int(n["Resources"].get("CPU", 0)))
+                for n in ray.nodes() if n["Alive"]}
+
     def close(self) -> None:
         """Disconnect; a Ray instance started here stops with it, a user's cluster stays up."""
         ray.shutdown()
@@ -147,6 +152,10 @@ class ParameterServer:
     def register(self, node: int, incarnation: int) -> None:
         self.incarnations[node] = incarnation
         self.exchanging.discard(node)
+
+    def has_exchanged(self, node: int) -> bool:
+        """Whether the group's current incarnation ran far enough to exchange once."""
+        return node in self.exchanging
 
     def exchange(self, node: int, incarnation: int, delta: np.ndarray, frames: int, messages: list[Message],
                  optimizer_state: dict[str, Any] | None) -> tuple[np.ndarray, int, bool] | None:
@@ -273,6 +282,7 @@ class Group:
     incarnation: int
     node_id: str
     address: str
+    cpus: int          # CPUs asked of Ray: 0 where it shares a node's CPUs with another group
 
 
 class RayWorkers:
@@ -302,16 +312,19 @@ class RayWorkers:
                                      f"{g.address} (node {g.node_id[:8]})" for g in self.groups.values())
                  + f"; exchanging every {self.exchange_interval:.3g} s")
 
-    def _start_group(self, index: int, incarnation: int, node_id: str, address: str, soft: bool) -> None:
-        """soft: a replacement goes back to its node if it lives and has room, else anywhere."""
+    def _start_group(self, index: int, incarnation: int, node_id: str, address: str, soft: bool,
+                     cpus: int | None = None) -> None:
+        """soft: a replacement goes back to its node if it lives and has room, else anywhere.
+        cpus: what to ask of Ray, one per worker unless told."""
         ray.get(self.server.register.remote(index, incarnation))
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=soft)
+        cpus = len(self.shares[index]) if cpus is None else cpus
         optimizer_state = self.shared.optimizer.state_dict() if incarnation or self.shared.optimizer.steps[0] else None
         actor: Any = ray.remote(NodeGroup).options(
-            num_cpus=len(self.shares[index]), max_restarts=0, scheduling_strategy=strategy).remote(
+            num_cpus=cpus, max_restarts=0, scheduling_strategy=strategy).remote(
             index, incarnation, self.config, self.shares[index], self.shared.params.numpy(), optimizer_state,
             self.server, self.exchange_interval)
-        self.groups[index] = Group(actor, actor.run.remote(), index, incarnation, node_id, address)
+        self.groups[index] = Group(actor, actor.run.remote(), index, incarnation, node_id, address, cpus)
 
     def poll(self) -> None:
         if self.failure is not None:
@@ -339,26 +352,60 @@ class RayWorkers:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in ready:
             group = next(g for g in self.groups.values() if g.done == ref)
+            unreachable = False  # its node stopped answering: gone, or cut off
             try:
                 ray.get(ref)
                 if self.shared.budget_reached(self.config) or self.stopping:
                     continue  # finished its part
                 reason = "ended early"
             except ray.exceptions.RayActorError as error:
-                reason = f"was lost ({_first_line(error)})"
+                unreachable = isinstance(error, ray.exceptions.ActorUnavailableError)
+                reason = "was lost: its node stopped answering" if unreachable else f"was lost ({_first_line(error)})"
             except ray.exceptions.RayTaskError as error:
                 reason = f"failed: {_first_line(error)}"
             if self.stopping:
                 continue
-            self.say(f"node group {group.index} on {group.address} {reason}")
-            self.failure = self.deaths.record()
-            if self.failure is not None:
-                return
             ray.kill(group.actor)
-            alive = self.cluster.node_alive(group.node_id)
-            node_id = group.node_id if alive else self.cluster.driver_node
-            self._start_group(group.index, group.incarnation + 1, node_id, group.address, soft=True)
+            node_alive = not unreachable and self.cluster.node_alive(group.node_id)
+            # Ray declares a node dead only after missed heartbeats (about 15 s by default): a
+            # replacement that waited on such a node is cancelled then, never having run. That is
+            # no new death, only a move.
+            if node_alive or group.incarnation == 0 or ray.get(self.server.has_exchanged.remote(group.index)):
+                self.say(f"node group {group.index} on {group.address} {reason}")
+                self.failure = self.deaths.record()
+                if self.failure is not None:
+                    return
+            else:
+                self.say(f"node group {group.index}'s replacement never started: node {group.node_id[:8]} "
+                         f"({group.address}) is gone")
+            if node_alive:
+                self._start_group(group.index, group.incarnation + 1, group.node_id, group.address, soft=True)
+            elif not self._move_group(group):
+                return
             self.say(f"node group {group.index} replaced (incarnation {group.incarnation + 1})")
+
+    def _move_group(self, group: Group) -> bool:
+        """Restart a group whose node is gone on another live node: one with CPUs for its workers that no
+        group of ours holds, else the one where ours hold the fewest, sharing them (num_cpus=0) so
+        that the run keeps all its workers. False, with the run's failure set, where none is left."""
+        live = {node: place for node, place in self.cluster.live_cpus().items()
+                if place[1] >= 1 and node != group.node_id}
+        if not live:
+            self.failure = "no live Ray node with CPUs is left"
+            return False
+        held = dict.fromkeys(live, 0)
+        for other in self.groups.values():
+            if other is not group and other.node_id in held:
+                held[other.node_id] += other.cpus
+        free = {node: live[node][1] - held[node] for node in live}
+        workers = len(self.shares[group.index])
+        node = max(free, key=lambda n: free[n])
+        cpus = workers if free[node] >= workers else 0
+        if not cpus:
+            self.say(f"node group {group.index}: no live node has {_count(workers, 'CPU')} free; its workers "
+                     f"share those of node {node[:8]} ({live[node][0]})")
+        self._start_group(group.index, group.incarnation + 1, node, live[node][0], soft=False, cpus=cpus)
+        return True
 
     def stop(self, timeout: float) -> None:
         """Ask every group to stop, wait for their last exchange, take the final weights."""

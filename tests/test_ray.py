@@ -176,6 +176,50 @@ def test_a_killed_node_group_is_replaced_and_counts_stay_consistent(cluster, tmp
     assert checkpoint["episodes"] == len(_rows(run_dir / "train_episodes.csv"))
 
 
+def test_a_lost_node_s_group_moves_to_a_live_node(cluster, tmp_path):
+    """A whole node goes (its raylet and every process on it killed): its group is restarted on a
+    node that lives, sharing that node's CPU since none is free, and trains there."""
+    extra = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    lost_node = extra.node_id
+    try:
+        with _training(["--ray", cluster.address, "--nodes", "3", "--workers", "3", "--total-frames", "10000000",
+                        "--runs-dir", str(tmp_path), "--run-name", "node-lost", *CARTPOLE], tmp_path) as process:
+            placed = process.wait_for(r"^Ray: .*node group (\d) \(1 worker\) on [\d.]+ \(node " + lost_node[:8])
+            lost_group = int(placed.group(1))  # one worker per group: its worker has the group's number
+            process.wait_for(r"frames [1-9][\d,]*/")  # training has started
+            raylet = psutil.Process(extra.all_processes["raylet"][0].process.pid)
+            on_node = raylet.children(recursive=True)
+            cluster.remove_node(extra, allow_graceful=False)
+            extra = None
+            process.wait_for(rf"node group {lost_group} on 127\.0\.0\.1 was lost: its node stopped answering")
+            process.wait_for(rf"node group {lost_group}: no live node has 1 CPU free; its workers share")
+            process.wait_for(rf"node group {lost_group} replaced")
+            moved = process.wait_for(rf"node group {lost_group}: incarnation \d running on node (\w+)")
+            moved_at = _frames(process.wait_for(r"frames ([\d,]+)/"))
+            while _frames(process.wait_for(r"frames ([\d,]+)/")) < moved_at + 20_000:
+                pass
+            os.kill(process.process.pid, signal.SIGINT)
+            code = process.finish(timeout=120)
+    finally:
+        if extra is not None:
+            cluster.remove_node(extra)
+    output = "\n".join(process.lines)
+    assert code == 130, output
+    assert not lost_node.startswith(moved.group(1))
+    _, alive = psutil.wait_procs(on_node, timeout=30)  # the lost node's group and workers went with it
+    assert not alive
+    run_dir = tmp_path / "node-lost"
+    episodes = _rows(run_dir / "train_episodes.csv")
+    assert any(int(e["worker"]) == lost_group and int(e["frames"]) > moved_at for e in episodes)  # trains again
+    checkpoint = _checkpoint(run_dir)
+    assert checkpoint["frames"] >= moved_at + 20_000
+    assert checkpoint["episodes"] == len(episodes)
+
+
+def _frames(status: re.Match) -> int:
+    return int(status.group(1).replace(",", ""))
+
+
 def _ray_processes(prefix: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(prefix)]
 
