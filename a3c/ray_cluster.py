@@ -385,9 +385,10 @@ class RayWorkers:
             self.say(f"node group {group.index} replaced (incarnation {group.incarnation + 1})")
 
     def _move_group(self, group: Group) -> bool:
-        """Restart a group whose node is gone on another live node: one with CPUs for its workers that no
-        group of ours holds, else the one where ours hold the fewest, sharing them (num_cpus=0) so
-        that the run keeps all its workers. False, with the run's failure set, where none is left."""
+        """Restart a group whose node is gone on the live node with the most CPUs that no group of
+        ours holds: asking for one per worker where there are enough, else sharing the node's
+        (num_cpus=0) so that the run keeps all its workers. False, with the run's failure set,
+        where no node is left."""
         live = {node: place for node, place in self.cluster.live_cpus().items()
                 if place[1] >= 1 and node != group.node_id}
         if not live:
