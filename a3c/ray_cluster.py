@@ -371,14 +371,16 @@ class RayWorkers:
             # Ray declares a node dead only after missed heartbeats (about 15 s by default): a
             # replacement that waited on such a node is cancelled then, never having run. That is
             # no new death, only a move.
-            if node_alive or group.incarnation == 0 or ray.get(self.server.has_exchanged.remote(group.index)):
+            never_ran = (not node_alive and group.incarnation > 0
+                         and not ray.get(self.server.has_exchanged.remote(group.index)))
+            if never_ran:
+                self.say(f"node group {group.index}'s replacement never started: node {group.node_id[:8]} "
+                         f"({group.address}) is gone")
+            else:
                 self.say(f"node group {group.index} on {group.address} {reason}")
                 self.failure = self.deaths.record()
                 if self.failure is not None:
                     return
-            else:
-                self.say(f"node group {group.index}'s replacement never started: node {group.node_id[:8]} "
-                         f"({group.address}) is gone")
             if node_alive:
                 self._start_group(group.index, group.incarnation + 1, group.node_id, group.address, soft=True)
             elif not self._move_group(group):
