@@ -28,7 +28,13 @@ from a3c.checkpoint import (
 from a3c.config import Config
 from a3c.envs import make_env
 from a3c.logger import EVAL_FIELDS, EVALUATIONS_CSV, append_csv
-from a3c.messages import Evaluated, EvaluatorStarted, SharedModelNonFinite, WriteFailed
+from a3c.messages import (
+    Evaluated,
+    EvaluatorStarted,
+    SharedModelNonFinite,
+    WriteFailed,
+    parent_gone,
+)
 from a3c.model import ActorCritic, build_model
 from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
 
@@ -187,8 +193,8 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
     except RunWriteError as error:  # the parent stops the run; a full disk is no fault of this process
         with contextlib.suppress(OSError):
             conn.send(WriteFailed(str(error)))
-    except OSError:  # BrokenPipeError and the like: the parent is gone, so end quietly
-        if os.getppid() == parent_pid:
+    except OSError as error:
+        if not parent_gone(error, parent_pid):
             raise
     finally:
         if log is not None:

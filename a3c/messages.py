@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+
+def parent_gone(error: OSError, parent_pid: int) -> bool:
+    """Whether a child's OSError means its parent is gone, so that the child should end quietly.
+    A broken pipe says so at once: a killed parent's pipes close before the kernel hands its
+    children to a new parent, so for a moment the old parent's pid is still ours to see."""
+    return isinstance(error, BrokenPipeError | ConnectionResetError) or os.getppid() != parent_pid
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from a3c.config import Config
 from a3c.envs import action_count, make_env, observation_shape
-from a3c.messages import EpisodeFinished, LearnerStats, UpdateSkipped
+from a3c.messages import EpisodeFinished, LearnerStats, UpdateSkipped, parent_gone
 from a3c.model import (
     DTYPES,
     LstmState,
@@ -372,8 +372,8 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
                 break
         if recent:  # what is left, so that even a short run reports its losses
             report(recent)
-    except OSError:  # BrokenPipeError and the like: the parent is gone, so end quietly
-        if os.getppid() == parent_pid:
+    except OSError as error:
+        if not parent_gone(error, parent_pid):
             raise
     finally:
         worker.close()
