@@ -125,13 +125,13 @@ class RayCluster:
                                   "ask for fewer workers or more nodes")
         return chosen
 
-    def node_alive(self, node_id: str) -> bool:
-        return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
-
     def live_cpus(self) -> dict[str, tuple[str, int]]:
         """Each live node's address and CPUs, by node id."""
         return {n["NodeID"]: (n["NodeManagerAddress"], int(n["Resources"].get("CPU", 0)))
                 for n in ray.nodes() if n["Alive"]}
+
+    def node_alive(self, node_id: str) -> bool:
+        return node_id in self.live_cpus()
 
     def close(self) -> None:
         """Disconnect; a Ray instance started here stops with it, a user's cluster stays up."""
