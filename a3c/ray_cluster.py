@@ -315,8 +315,8 @@ class RayWorkers:
 
     def _start_group(self, index: int, incarnation: int, node_id: str, address: str, soft: bool,
                      cpus: int | None = None) -> None:
-        """soft: a replacement goes back to its node if it lives and has room, else anywhere.
-        cpus: what to ask of Ray, one per worker unless told."""
+        """soft: a replacement on its own node may go elsewhere if that node has no room.
+        cpus: what to ask of Ray, one per worker unless told (0 where it shares a node's CPUs)."""
         ray.get(self.server.register.remote(index, incarnation))
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=soft)
         cpus = len(self.shares[index]) if cpus is None else cpus
