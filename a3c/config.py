@@ -17,7 +17,7 @@ from typing import Any
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 REWARD_TRANSFORMS = ("auto", "clip", "scale")
-BODIES = ("auto", "mnih2013", "tutorial", "mlp")
+BODIES = ("auto", "mnih2013", "mnih2015", "tutorial", "mlp")
 # Names that earlier versions wrote into config.json and checkpoints, read as their new names.
 RENAMED_BODIES = {"seed": "tutorial", "nature": "mnih2013"}
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
@@ -85,7 +85,8 @@ class Config:
     # Model.
     body: str = field(default="auto", metadata=_help(
         "network body: mnih2013 (16@8x8/4, 32@4x4/2, fc 256: Mnih et al. 2013's network, which the A3C "
-        "paper used; for 84x84), tutorial (the seed tutorial's 3 conv 32@3x3/2, fc 128; for 42x42), mlp "
+        "paper used; for 84x84), mnih2015 (32@8x8/4, 64@4x4/2, 64@3x3/1, fc 512: the DQN Nature paper's, "
+        "which A2C and PPO use; for 84x84), tutorial (the seed tutorial's 3 conv 32@3x3/2, fc 128; for 42x42), mlp "
         "(vector observations); auto picks mnih2013 for Atari, mlp otherwise"))
     lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
     mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))

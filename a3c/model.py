@@ -22,6 +22,10 @@ def _conv_layers(body: str, channels: int) -> tuple[nn.ModuleList, int]:
     if body == "mnih2013":  # Mnih et al. 2013's network, which the A3C paper used; sized for 84x84
         layers = [nn.Conv2d(channels, 16, 8, stride=4), nn.Conv2d(16, 32, 4, stride=2)]
         return nn.ModuleList(layers), 256
+    if body == "mnih2015":  # the DQN Nature paper's wider network, which A2C and PPO use; for 84x84
+        layers = [nn.Conv2d(channels, 32, 8, stride=4), nn.Conv2d(32, 64, 4, stride=2),
+                  nn.Conv2d(64, 64, 3, stride=1)]
+        return nn.ModuleList(layers), 512
     raise ValueError(f"unknown conv body {body!r}")
 
 

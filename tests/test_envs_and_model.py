@@ -71,7 +71,8 @@ def test_unsupported_environments_are_refused_clearly(env_id, message):
 
 
 @pytest.mark.parametrize("body,size,lstm", [("tutorial", 42, False), ("tutorial", 42, True),
-                                            ("mnih2013", 84, False), ("mnih2013", 84, True)])
+                                            ("mnih2013", 84, False), ("mnih2013", 84, True),
+                                            ("mnih2015", 84, False)])
 def test_conv_model_shapes(body, size, lstm):
     model = build_model(Config(body=body, screen_size=size, lstm=lstm), (4, size, size), 6)
     obs = torch.randint(0, 255, (3, 4, size, size), dtype=torch.uint8)
@@ -90,7 +91,8 @@ def test_the_tutorial_body_matches_the_seed_tutorial_network():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("body,obs_shape,lstm", [("tutorial", (4, 42, 42), False), ("tutorial", (4, 42, 42), True),
-                                                 ("mnih2013", (4, 84, 84), False), ("mlp", (4,), True)])
+                                                 ("mnih2013", (4, 84, 84), False), ("mnih2015", (4, 84, 84), True),
+                                                 ("mlp", (4,), True)])
 def test_replaying_the_tape_gives_the_acting_outputs_and_their_exact_gradient(body, obs_shape, lstm, dtype):
     torch.manual_seed(0)
     model = ActorCritic(obs_shape, 5, body, lstm)

@@ -277,7 +277,7 @@ def test_a_checkpoint_write_that_hits_a_full_disk_names_it_and_keeps_the_previou
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "latest.pt"]
 
 
-@pytest.mark.parametrize("body,smallest", [("tutorial", 15), ("mnih2013", 20)])
+@pytest.mark.parametrize("body,smallest", [("tutorial", 15), ("mnih2013", 20), ("mnih2015", 36)])
 def test_a_screen_too_small_for_the_body_is_refused_before_anything_starts(body, smallest, tmp_path):
     for size, works in ((smallest - 1, False), (smallest, True)):
         result = _a3c("train", "--body", body, "--screen-size", str(size), "--total-frames", "1",
