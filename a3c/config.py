@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PRECISIONS = ("auto", "float32", "bfloat16")
-REWARD_TRANSFORMS = ("auto", "clip", "scale")
+REWARD_TRANSFORMS = ("auto", "clip", "scale", "normalize")
 BODIES = ("auto", "mnih2013", "mnih2015", "tutorial", "mlp")
 # Names that earlier versions wrote into config.json and checkpoints, read as their new names.
 RENAMED_BODIES = {"seed": "tutorial", "nature": "mnih2013"}
@@ -77,8 +77,10 @@ class Config:
         "truncate an episode after this many frames (30 minutes of play)"))
     reward_transform: str = field(default="auto", metadata=_help(
         "what the learner sees of a reward: clip (its sign, as in the A3C paper: every game's points "
-        "weigh alike), scale (times reward_scale, as in the seed); auto clips Atari rewards and leaves "
-        "other environments' as they are"))
+        "weigh alike), scale (times reward_scale, as in the seed), normalize (divided by a running "
+        "standard deviation of the discounted return, each worker its own, as Stable-Baselines3's "
+        "VecNormalize: points keep their relative sizes and every game's returns come to unit scale); "
+        "auto clips Atari rewards and leaves other environments' as they are"))
     reward_scale: float | None = field(default=None, metadata=_help(
         "with reward_transform scale: multiply training rewards by this", "0.01 for Atari as in the seed, 1 otherwise"))
 
@@ -162,15 +164,15 @@ class Config:
 
     @property
     def training_reward_transform(self) -> str:
-        """`reward_transform` resolved for this environment: clip or scale."""
+        """`reward_transform` resolved for this environment: clip, scale or normalize."""
         if self.reward_transform != "auto":
             return self.reward_transform
         return "clip" if self.is_atari else "scale"
 
     @property
     def training_reward_scale(self) -> float:
-        """The factor of the scale transform (1 when the rewards are clipped)."""
-        if self.training_reward_transform == "clip":
+        """The factor of the scale transform (1 when the rewards are clipped or normalized)."""
+        if self.training_reward_transform != "scale":
             return 1.0
         if self.reward_scale is not None:
             return self.reward_scale
@@ -242,7 +244,8 @@ def validate(config: Config) -> None:
     if config.body not in BODIES:
         raise ConfigError(f"body must be one of {', '.join(BODIES)}; got {config.body!r}")
     if config.reward_transform not in REWARD_TRANSFORMS:
-        raise ConfigError(f"reward_transform must be auto, clip or scale; got {config.reward_transform!r}")
+        raise ConfigError(f"reward_transform must be one of {', '.join(REWARD_TRANSFORMS)}; "
+                          f"got {config.reward_transform!r}")
     if config.precision not in PRECISIONS:
         raise ConfigError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}; "
                           f"got {config.precision!r}")

@@ -179,6 +179,40 @@ def seed_stream(seed: int, worker_id: int, incarnation: int = 0) -> np.random.Se
     return np.random.SeedSequence([seed, worker_id, incarnation])
 
 
+class ReturnNormalizer:
+    """Divides rewards by a running standard deviation of their discounted return, as
+    Stable-Baselines3's VecNormalize(norm_reward=True) does: a game's points keep their relative
+    sizes (clipping drops them), and every game's returns come to about unit scale (one fixed
+    factor cannot do both for Pong's single points and KungFuMaster's hundreds)."""
+
+    CLIP = 10.0  # bounds the first rollouts' rewards, while the estimate rests on few returns
+
+    def __init__(self, envs: int, gamma: float) -> None:
+        self.gamma = gamma
+        self.returns = np.zeros(envs)  # each environment's discounted return so far
+        self.count, self.mean, self.var = 0, 0.0, 0.0
+
+    def __call__(self, rewards: np.ndarray, ended: np.ndarray) -> None:
+        """Normalise a rollout's rewards (steps x environments) in place."""
+        seen = np.empty(rewards.shape)
+        for t in range(len(rewards)):
+            self.returns = self.returns * self.gamma + rewards[t]
+            seen[t] = self.returns
+            self.returns[ended[t]] = 0.0
+        self._add(seen.ravel())
+        rewards /= np.sqrt(self.var + 1e-8)
+        np.clip(rewards, -self.CLIP, self.CLIP, out=rewards)
+
+    def _add(self, values: np.ndarray) -> None:
+        # Chan et al.'s merge of two samples' means and variances.
+        n, mean, var = values.size, float(values.mean()), float(values.var())
+        total = self.count + n
+        delta = mean - self.mean
+        self.var = (self.var * self.count + var * n + delta * delta * self.count * n / total) / total
+        self.mean += delta * n / total
+        self.count = total
+
+
 class Worker:
     """One A3C learner: local model and environments; the shared state is its only link to others.
 
@@ -215,6 +249,8 @@ class Worker:
         self.episode_returns = [0.0] * len(self.envs)
         self.episode_lengths = [0] * len(self.envs)
         self.finished: list[EpisodeRecord] = []
+        self.normalize_rewards = (ReturnNormalizer(len(self.envs), config.gamma)
+                                  if config.training_reward_transform == "normalize" else None)
 
     def sync_weights(self) -> None:
         """Load the shared weights into the local model."""
@@ -227,7 +263,7 @@ class Worker:
         rollout.initial_state = None if self.state is None else (self.state[0].clone(), self.state[1].clone())
         rollout.tape.start()
         self._play(rollout)
-        self._to_training_rewards(rollout.rewards[:rollout.steps].numpy())
+        self._to_training_rewards(rollout.rewards[:rollout.steps].numpy(), rollout.ended[:rollout.steps].numpy())
         return rollout.view()
 
     def _play(self, rollout: Rollout) -> None:
@@ -294,10 +330,12 @@ class Worker:
             state = (self.state[0][env_index:env_index + 1], self.state[1][env_index:env_index + 1])
         return float(self.rollout.tape.peek(torch.from_numpy(obs).unsqueeze(0), state)[1][0])
 
-    def _to_training_rewards(self, rewards: np.ndarray) -> None:
-        """The game's rewards, in place, to what the learner sees: clipped or scaled."""
+    def _to_training_rewards(self, rewards: np.ndarray, ended: np.ndarray) -> None:
+        """The game's rewards, in place, to what the learner sees: clipped, normalized or scaled."""
         if self.config.training_reward_transform == "clip":
             np.sign(rewards, out=rewards)
+        elif self.normalize_rewards is not None:
+            self.normalize_rewards(rewards, ended)
         else:
             rewards *= self.config.training_reward_scale
 

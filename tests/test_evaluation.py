@@ -17,7 +17,7 @@ from a3c.config import PRESETS, Config
 from a3c.evaluator import evaluate_policy
 from a3c.model import ActorCritic, build_model
 from a3c.shared import SharedTraining
-from a3c.worker import Worker, seed_stream
+from a3c.worker import ReturnNormalizer, Worker, seed_stream
 from tests.helpers import write_checkpoint
 
 
@@ -86,9 +86,17 @@ def test_atari_rewards_are_clipped_to_their_sign_by_default():
     assert (tutorial.training_reward_transform, tutorial.training_reward_scale) == ("scale", 0.01)
 
 
-@pytest.mark.parametrize("preset,expected", [(None, 1.0), ("tutorial", 0.01)])
-def test_a_pong_worker_hands_the_learner_the_chosen_transform_of_the_points(preset, expected):
-    settings = PRESETS[preset] if preset else {}
+def _point_value(worker: Worker) -> float:
+    """What one point of Pong is worth to this worker's learner now."""
+    normalizer = worker.normalize_rewards
+    if normalizer is None:
+        return worker.config.training_reward_scale
+    return min(ReturnNormalizer.CLIP, 1.0 / np.sqrt(normalizer.var + 1e-8))
+
+
+@pytest.mark.parametrize("settings", [{}, PRESETS["tutorial"], {"reward_transform": "normalize"}],
+                         ids=["default", "tutorial", "normalize"])
+def test_a_pong_worker_hands_the_learner_the_chosen_transform_of_the_points(settings):
     config = Config(**{**settings, "env_id": "ALE/Pong-v5", "workers": 1, "envs_per_worker": 1,
                        "t_max": 100, "screen_size": 42, "body": "tutorial"})
     shared = SharedTraining.create(build_model(config, (4, 42, 42), 6), config)
@@ -100,6 +108,7 @@ def test_a_pong_worker_hands_the_learner_the_chosen_transform_of_the_points(pres
             if rollout.ended.any() or not rollout.rewards.any():
                 continue
             game_points = worker.episode_returns[0] - before
+            expected = _point_value(worker)
             points = torch.tensor([-expected, 0.0, expected], dtype=rollout.rewards.dtype)
             assert torch.isin(rollout.rewards, points).all(), rollout.rewards.unique()
             assert float(rollout.rewards.sum()) == pytest.approx(expected * game_points)
@@ -107,6 +116,38 @@ def test_a_pong_worker_hands_the_learner_the_chosen_transform_of_the_points(pres
         pytest.fail("no point scored in 2,000 steps of Pong")
     finally:
         worker.close()
+
+
+def test_normalized_rewards_keep_their_sizes_and_divide_by_the_spread_of_the_discounted_return():
+    # KungFuMaster-like points (hundreds, of several sizes) in 4 environments whose episodes end
+    # at different steps; the same returns computed here plainly, restarting at each episode's end.
+    rng = np.random.default_rng(0)
+    gamma, envs, steps = 0.99, 4, 5
+    normalizer = ReturnNormalizer(envs, gamma)
+    running, seen = np.zeros(envs), []
+    for rollout in range(200):
+        raw = (rng.random((steps, envs)) < 0.1) * rng.choice([100.0, 200.0, 500.0], (steps, envs))
+        ended = rng.random((steps, envs)) < 0.02
+        for t in range(steps):
+            running = running * gamma + raw[t]
+            seen.extend(running)
+            running[ended[t]] = 0.0
+        rewards = raw.astype(np.float32)
+        normalizer(rewards, ended)
+        std = np.std(seen)
+        assert normalizer.var == pytest.approx(std ** 2, rel=1e-9)
+        scaled = np.clip(raw / np.sqrt(std ** 2 + 1e-8), -ReturnNormalizer.CLIP, ReturnNormalizer.CLIP)
+        np.testing.assert_allclose(rewards, scaled, rtol=1e-5)
+    # After 4,000 returns the divisor is the returns' spread: a 500 is worth five 100s, not one.
+    assert 100 < std < 5_000 and np.abs(rewards).max() < ReturnNormalizer.CLIP
+
+
+def test_normalized_rewards_are_bounded_while_the_estimate_rests_on_few_returns():
+    normalizer = ReturnNormalizer(1, 0.99)
+    rewards = np.zeros((200, 1), np.float32)
+    rewards[-1, 0] = 1.0  # Pong's first point after 199 empty steps: the returns' spread is 0.07
+    normalizer(rewards, np.zeros((200, 1), bool))
+    assert rewards[-1, 0] == ReturnNormalizer.CLIP and not rewards[:-1].any()
 
 
 def test_a_configuration_saved_by_an_earlier_version_keeps_its_meaning(tmp_path, capsys):
