@@ -125,7 +125,7 @@ def test_normalized_rewards_keep_their_sizes_and_divide_by_the_spread_of_the_dis
     gamma, envs, steps = 0.99, 4, 5
     normalizer = ReturnNormalizer(envs, gamma)
     running, seen = np.zeros(envs), []
-    for rollout in range(200):
+    for _ in range(200):
         raw = (rng.random((steps, envs)) < 0.1) * rng.choice([100.0, 200.0, 500.0], (steps, envs))
         ended = rng.random((steps, envs)) < 0.02
         for t in range(steps):
