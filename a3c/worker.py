@@ -8,6 +8,7 @@ import ctypes
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -186,6 +187,7 @@ class ReturnNormalizer:
     factor cannot do both for Pong's single points and KungFuMaster's hundreds)."""
 
     CLIP = 10.0  # bounds the first rollouts' rewards, while the estimate rests on few returns
+    EPS = 1e-8
 
     def __init__(self, envs: int, gamma: float) -> None:
         self.gamma = gamma
@@ -200,8 +202,14 @@ class ReturnNormalizer:
             seen[t] = self.returns
             self.returns[ended[t]] = 0.0
         self._add(seen.ravel())
-        rewards /= np.sqrt(self.var + 1e-8)
+        rewards /= self.divisor
         np.clip(rewards, -self.CLIP, self.CLIP, out=rewards)
+
+    @property
+    def divisor(self) -> np.float64:
+        """What the rewards are divided by: the returns' standard deviation so far (a float64, so
+        that float32 rewards are divided in double precision)."""
+        return np.float64(np.sqrt(self.var + self.EPS))
 
     def _add(self, values: np.ndarray) -> None:
         # Chan et al.'s merge of two samples' means and variances.
@@ -211,6 +219,27 @@ class ReturnNormalizer:
         self.var = (self.var * self.count + var * n + delta * delta * self.count * n / total) / total
         self.mean += delta * n / total
         self.count = total
+
+
+# Rewrites a rollout's rewards (steps x environments) in place, given where episodes ended.
+RewardTransform = Callable[[np.ndarray, np.ndarray], None]
+
+
+def training_reward_transform(config: Config, envs: int) -> RewardTransform:
+    """What the learner sees of the game's rewards: their sign, a running normalisation, or a
+    fixed multiple (config.training_reward_transform, resolved once per worker)."""
+    kind = config.training_reward_transform
+    if kind == "normalize":
+        return ReturnNormalizer(envs, config.gamma)
+    if kind == "clip":
+        def clip(rewards: np.ndarray, ended: np.ndarray) -> None:
+            np.sign(rewards, out=rewards)
+        return clip
+    factor = config.training_reward_scale
+
+    def scale(rewards: np.ndarray, ended: np.ndarray) -> None:
+        rewards *= factor
+    return scale
 
 
 class Worker:
@@ -249,8 +278,7 @@ class Worker:
         self.episode_returns = [0.0] * len(self.envs)
         self.episode_lengths = [0] * len(self.envs)
         self.finished: list[EpisodeRecord] = []
-        self.normalize_rewards = (ReturnNormalizer(len(self.envs), config.gamma)
-                                  if config.training_reward_transform == "normalize" else None)
+        self.to_training_rewards = training_reward_transform(config, len(self.envs))
 
     def sync_weights(self) -> None:
         """Load the shared weights into the local model."""
@@ -263,7 +291,7 @@ class Worker:
         rollout.initial_state = None if self.state is None else (self.state[0].clone(), self.state[1].clone())
         rollout.tape.start()
         self._play(rollout)
-        self._to_training_rewards(rollout.rewards[:rollout.steps].numpy(), rollout.ended[:rollout.steps].numpy())
+        self.to_training_rewards(rollout.rewards[:rollout.steps].numpy(), rollout.ended[:rollout.steps].numpy())
         return rollout.view()
 
     def _play(self, rollout: Rollout) -> None:
@@ -329,15 +357,6 @@ class Worker:
         if self.state is not None:
             state = (self.state[0][env_index:env_index + 1], self.state[1][env_index:env_index + 1])
         return float(self.rollout.tape.peek(torch.from_numpy(obs).unsqueeze(0), state)[1][0])
-
-    def _to_training_rewards(self, rewards: np.ndarray, ended: np.ndarray) -> None:
-        """The game's rewards, in place, to what the learner sees: clipped, normalized or scaled."""
-        if self.config.training_reward_transform == "clip":
-            np.sign(rewards, out=rewards)
-        elif self.normalize_rewards is not None:
-            self.normalize_rewards(rewards, ended)
-        else:
-            rewards *= self.config.training_reward_scale
 
     def learning_rate(self) -> float:
         if not self.config.lr_anneal:

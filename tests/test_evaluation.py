@@ -88,10 +88,10 @@ def test_atari_rewards_are_clipped_to_their_sign_by_default():
 
 def _point_value(worker: Worker) -> float:
     """What one point of Pong is worth to this worker's learner now."""
-    normalizer = worker.normalize_rewards
-    if normalizer is None:
+    transform = worker.to_training_rewards
+    if not isinstance(transform, ReturnNormalizer):
         return worker.config.training_reward_scale
-    return min(ReturnNormalizer.CLIP, 1.0 / np.sqrt(normalizer.var + 1e-8))
+    return min(ReturnNormalizer.CLIP, 1.0 / transform.divisor)
 
 
 @pytest.mark.parametrize("settings", [{}, PRESETS["tutorial"], {"reward_transform": "normalize"}],
