@@ -69,6 +69,12 @@ def worker_shares(workers: int, nodes: int) -> list[list[int]]:
     return shares
 
 
+def node_config(config: Config, workers: int) -> Config:
+    """A node's settings: its share of the workers, at the learning rate of all of them (the
+    cluster's weights move with every node's updates)."""
+    return replace(config, workers=workers, lr=config.learning_rate)
+
+
 def auto_exchange_interval(parameters: int) -> float:
     """Seconds between a node's exchanges for a float32 model of this many parameters."""
     return max(MIN_EXCHANGE_INTERVAL_S, 4 * parameters / EXCHANGE_BYTES_PER_S)
@@ -201,7 +207,7 @@ class NodeGroup:
         one_thread_per_child()  # Ray sets OMP_NUM_THREADS to the actor's CPUs; our workers take one
         self.index, self.incarnation, self.worker_ids = index, incarnation, worker_ids
         self.server, self.interval = server, exchange_interval
-        self.config = replace(config, workers=len(worker_ids))
+        self.config = node_config(config, len(worker_ids))
         model = build_model(self.config, *env_spaces(self.config))
         self.shared = SharedTraining.create(model, self.config)
         self.shared.params.copy_(torch.tensor(params))  # torch.tensor copies: Ray's arrays are read-only

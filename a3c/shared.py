@@ -47,7 +47,7 @@ class SharedTraining:
     @classmethod
     def create(cls, model: ActorCritic, config: Config) -> SharedTraining:
         params = bind_flat_parameters(model).share_memory_()
-        optimizer = SharedAdam([params], lr=config.lr, eps=config.adam_eps)
+        optimizer = SharedAdam([params], lr=config.learning_rate, eps=config.adam_eps)
 
         frames = torch.zeros(config.workers, dtype=torch.int64).share_memory_()
         episodes = torch.zeros(1, dtype=torch.int64).share_memory_()

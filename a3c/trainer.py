@@ -222,7 +222,9 @@ class Trainer:
         self._print(f"run directory: {self.run_dir}")
         self._print("configuration: " + json.dumps(config.to_dict()))
         self._print(f"network precision: {config.network_precision}"
-                    + (" (auto)" if config.precision == "auto" else ""))
+                    + (" (auto)" if config.precision == "auto" else "")
+                    + f"; learning rate {config.learning_rate:.3g}"
+                    + (f" (auto for {config.workers} workers)" if config.lr is None else ""))
         supervisor = self.supervisor
         try:
             start = time.time()

@@ -360,9 +360,9 @@ class Worker:
 
     def learning_rate(self) -> float:
         if not self.config.lr_anneal:
-            return self.config.lr
+            return self.config.learning_rate
         done = self.shared.total_frames() / self.config.total_frames
-        return self.config.lr * max(0.0, 1.0 - done)
+        return self.config.learning_rate * max(0.0, 1.0 - done)
 
     def update(self, rollout: Rollout) -> UpdateStats:
         """Compute this rollout's gradient and hand exactly it to the shared optimizer."""

@@ -325,3 +325,13 @@ def test_without_ray_installed_it_says_how_to_install_it(tmp_path):
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == "a3c: error: training on Ray needs the ray package: pip install 'a3c[ray]'"
+
+
+def test_a_node_runs_its_share_of_the_workers_at_the_learning_rate_of_all(monkeypatch):
+    monkeypatch.setenv(KEEP_LOOPBACK_ENV, "0")  # read when ray is first imported
+    ray_cluster = pytest.importorskip("a3c.ray_cluster", reason="Ray is not installed (pip install 'a3c[ray]')")
+    from a3c.config import Config
+
+    node = ray_cluster.node_config(Config(workers=16), 8)
+    assert node.workers == 8
+    assert node.learning_rate == Config(workers=16).learning_rate < Config(workers=8).learning_rate

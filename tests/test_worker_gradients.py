@@ -159,6 +159,18 @@ def test_learning_rate_anneals_linearly_to_zero_over_the_budget():
     worker.close()
 
 
+def test_the_default_learning_rate_falls_with_the_square_root_of_the_workers():
+    assert Config(workers=1).learning_rate == Config(workers=2).learning_rate == 3e-4
+    assert Config(workers=8).learning_rate == pytest.approx(1.5e-4)
+    assert Config(workers=16).learning_rate == pytest.approx(1.0607e-4, rel=1e-4)
+    assert Config(workers=16, lr=3e-4).learning_rate == 3e-4  # a given rate is kept
+    config = Config(env_id="CartPole-v1", workers=8)
+    shared = SharedTraining.create(build_model(config, (4,), 2), config)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    assert worker.learning_rate() == shared.optimizer.lr == pytest.approx(1.5e-4)
+    worker.close()
+
+
 @pytest.mark.parametrize("env_id,frame_stack,precision", [
     ("ALE/KungFuMaster-v5", 4, "float32"), ("ALE/KungFuMaster-v5", 1, "float32"),
     ("ALE/KungFuMaster-v5", 4, "bfloat16"), ("CartPole-v1", 4, "float32")])
