@@ -105,7 +105,7 @@ def lock_run_dir(run_dir: Path) -> IO[str]:
 def checkpoint_payload(config: Config, shared: SharedTraining, model_state: dict[str, torch.Tensor],
                        obs_shape: tuple[int, ...], n_actions: int, frames: int, episodes: int,
                        score: dict[str, float] | None, best_score: float | None) -> dict[str, Any]:
-    """Everything a run needs to go on: the model, the shared Adam's state (moments and step counts),
+    """Everything a run needs to go on: the model, the shared optimizer's state (its running averages and step counts),
     the counters, the configuration, and the evaluation that came with it."""
     return {"config": config.to_dict(), "obs_shape": list(obs_shape), "n_actions": n_actions,
             "model": model_state, "optimizer": shared.optimizer.state_dict(), "frames": frames,
@@ -131,7 +131,7 @@ def restore_model(model: torch.nn.Module, payload: dict[str, Any], path: str | P
 
 
 def restore_training(shared: SharedTraining, payload: dict[str, Any]) -> None:
-    """The shared Adam's state (kept in shared memory: see SharedAdam.load_state_dict) and the
+    """The shared optimizer's state (kept in shared memory: see SharedOptimizer.load_state_dict) and the
     counters of a resumed run; the weights come with the model (restore_model)."""
     shared.optimizer.load_state_dict(payload["optimizer"])
     shared.base_frames = int(payload["frames"])

@@ -21,11 +21,13 @@ from typing import Any
 PRECISIONS = ("auto", "float32", "bfloat16")
 REWARD_TRANSFORMS = ("auto", "clip", "scale", "normalize")
 BODIES = ("auto", "mnih2013", "mnih2015", "tutorial", "mlp")
+OPTIMIZERS = ("adam", "rmsprop")
 # Names that earlier versions wrote into config.json and checkpoints, read as their new names.
 RENAMED_BODIES = {"seed": "tutorial", "nature": "mnih2013"}
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
 # The default learning rate: BASE_LR up to BASE_LR_WORKERS workers, less above (Config.learning_rate).
-BASE_LR = 3e-4
+# RMSProp's is baselines' A2C's (and pytorch-a2c-ppo-acktr's), not searched here.
+BASE_LR = {"adam": 3e-4, "rmsprop": 7e-4}
 BASE_LR_WORKERS = 2
 
 
@@ -40,10 +42,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tutorial": {"screen_size": 42, "body": "tutorial", "envs_per_worker": 1, "t_max": 20, "lr": 1e-4,
                  "reward_transform": "scale"},
     # Mnih et al. 2016's A3C FF: 84x84 frames, the network of Mnih et al. 2013, one environment per
-    # worker, t_max 5, clipped rewards, the learning rate annealed to zero (with Adam at
-    # ikostrikov's lr 1e-4 in place of the paper's shared RMSProp, whose lr was searched per game).
-    "paper": {"screen_size": 84, "body": "mnih2013", "envs_per_worker": 1, "t_max": 5, "lr": 1e-4,
-              "lr_anneal": True, "reward_transform": "clip"},
+    # worker, t_max 5, clipped rewards, shared RMSProp (alpha 0.99) with its learning rate annealed
+    # to zero; the paper searched the rate per game, 7e-4 is baselines' A2C's.
+    "paper": {"screen_size": 84, "body": "mnih2013", "envs_per_worker": 1, "t_max": 5, "optimizer": "rmsprop",
+              "lr": 7e-4, "lr_anneal": True, "reward_transform": "clip"},
 }
 
 
@@ -100,17 +102,24 @@ class Config:
     mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
     precision: str = field(default="auto", metadata=_help(
         "number format of a worker's network body in acting and in the update's backward pass: "
-        "float32, or bfloat16 (the weights, their gradients, Adam, the LSTM and the heads stay "
+        "float32, or bfloat16 (the weights, their gradients, the optimizer, the LSTM and the heads stay "
         f"float32); auto picks bfloat16 for conv bodies with {BFLOAT16_MIN_ENVS} or more environments "
         "per worker on CPUs with native bfloat16 (AVX-512 BF16 or AMX), float32 otherwise"))
 
     # Algorithm.
+    optimizer: str = field(default="adam", metadata=_help(
+        "the shared optimizer: adam, or rmsprop (the A3C paper's shared RMSProp: one running mean of "
+        "squared gradients for all workers, no momentum)"))
     lr: float | None = field(default=None, metadata=_help(
-        "Adam learning rate", "3e-4 up to 2 workers, 3e-4 x sqrt(2/workers) above (1.06e-4 for 16): the more "
-        "Hogwild workers, the older the weights each gradient was computed on"))
+        "learning rate", "for adam 3e-4 up to 2 workers, 3e-4 x sqrt(2/workers) above (1.06e-4 for 16): the "
+        "more Hogwild workers, the older the weights each gradient was computed on; for rmsprop 7e-4, scaled alike"))
     lr_anneal: bool = field(default=False, metadata=_help(
         "anneal the learning rate linearly to zero over total_frames, as in the paper"))
     adam_eps: float = field(default=1e-8, metadata=_help("Adam epsilon"))
+    rmsprop_alpha: float = field(default=0.99, metadata=_help(
+        "RMSProp's decay of the mean squared gradient (the paper's 0.99)"))
+    rmsprop_eps: float = field(default=1e-5, metadata=_help(
+        "RMSProp epsilon, added to the root mean square (baselines' A2C's 1e-5)"))
     gamma: float = field(default=0.99, metadata=_help("discount factor"))
     gae_lambda: float = field(default=1.0, metadata=_help(
         "GAE lambda for the policy's advantage; 1 gives the paper's n-step advantage"))
@@ -205,7 +214,7 @@ class Config:
         square-root rule meets both; a Ray run takes it from all its workers, over every node."""
         if self.lr is not None:
             return self.lr
-        return BASE_LR * math.sqrt(BASE_LR_WORKERS / max(self.workers, BASE_LR_WORKERS))
+        return BASE_LR[self.optimizer] * math.sqrt(BASE_LR_WORKERS / max(self.workers, BASE_LR_WORKERS))
 
     @property
     def network_precision(self) -> str:
@@ -243,7 +252,7 @@ def validate(config: Config) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         _positive(name, value)
-    for name in ("adam_eps", "eval_interval", "status_interval", "death_window"):
+    for name in ("adam_eps", "rmsprop_eps", "eval_interval", "status_interval", "death_window"):
         _positive(name, getattr(config, name))
     for name in ("lr", "time_limit", "eval_every_frames"):
         if getattr(config, name) is not None:
@@ -260,6 +269,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"sticky_actions must lie in [0, 1), got {config.sticky_actions}")
     if config.reward_scale is not None:
         _positive("reward_scale", config.reward_scale)
+    if not 0 < config.rmsprop_alpha < 1:
+        raise ConfigError(f"rmsprop_alpha must lie in (0, 1), got {config.rmsprop_alpha}")
+    if config.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be {' or '.join(OPTIMIZERS)}; got {config.optimizer!r}")
     if config.body not in BODIES:
         raise ConfigError(f"body must be one of {', '.join(BODIES)}; got {config.body!r}")
     if config.reward_transform not in REWARD_TRANSFORMS:

@@ -2,7 +2,7 @@
 imports this module).
 
 The algorithm is unchanged: on every node one Ray actor, a NodeGroup, runs today's shared-memory
-Hogwild group (a Supervisor with its worker processes and its own shared Adam). A ParameterServer
+Hogwild group (a Supervisor with its worker processes and its own shared optimizer). A ParameterServer
 actor on the driver's node holds the cluster's weights. Every exchange interval each
 group, on its own schedule and never waiting for another, pushes what its workers changed since
 its last exchange (a weight delta), with its frames and the episodes it finished, and pulls the
@@ -37,7 +37,7 @@ from a3c.shared import SharedTraining
 from a3c.supervisor import POLL_S, DeathLog, Supervisor, one_thread_per_child
 
 CONNECT_TIMEOUT_S = 30.0
-OPTIMIZER_SYNC_S = 10.0   # how often a node sends its Adam moments, for the driver's checkpoints
+OPTIMIZER_SYNC_S = 10.0   # how often a node sends its optimizer state, for the driver's checkpoints
 NODE_STOP_TIMEOUT_S = 60.0
 # Ray starts its worker processes at niceness 15 unless its raylet is told otherwise.
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
@@ -75,14 +75,14 @@ def node_config(config: Config, workers: int) -> Config:
     return replace(config, workers=workers, lr=config.learning_rate)
 
 
-def node_adam_betas(betas: tuple[float, float], workers: int, node_workers: int) -> tuple[float, float]:
-    """The betas of a node's Adam, which steps on its own workers' updates only: a share
-    node_workers/workers of the cluster's. Raised to the power workers/node_workers, its moments
-    forget as fast per update of the whole cluster as one machine's shared Adam does, and its bias
-    correction follows. With the plain betas, CartPole on two nodes took 16% more frames to 475
-    than one machine, as one machine does with an Adam per worker (docs/benchmarks.md)."""
-    power = workers / node_workers
-    return betas[0] ** power, betas[1] ** power
+def node_decay_power(workers: int, node_workers: int) -> float:
+    """How much faster a node's optimizer must forget (SharedOptimizer.forget_faster): it steps on
+    its own workers' updates only, a share node_workers/workers of the cluster's. With its decay
+    rates raised to the power workers/node_workers (Adam's betas, RMSProp's alpha), its running
+    averages forget as fast per update of the whole cluster as one machine's shared optimizer does,
+    and Adam's bias correction follows. With the plain betas, CartPole on two nodes took 16% more
+    frames to 475 than one machine, as one machine does with an Adam per worker (docs/benchmarks.md)."""
+    return workers / node_workers
 
 
 def auto_exchange_interval(parameters: int) -> float:
@@ -188,7 +188,7 @@ class ParameterServer:
         return self.params.copy(), self.frames, self.stop
 
     def pull(self) -> tuple[np.ndarray, int, list[Message], dict[str, Any] | None]:
-        """For the driver: the weights, frames, new messages, the newest Adam state."""
+        """For the driver: the weights, frames, new messages, the newest optimizer state."""
         messages, self.messages = self.messages, []
         optimizer_state, self.optimizer_state = self.optimizer_state, None
         return self.params.copy(), self.frames, messages, optimizer_state
@@ -209,7 +209,7 @@ def _global_ids(message: Message, worker_ids: list[int]) -> Message:
 
 class NodeGroup:
     """One node's share of the workers (a Ray actor): the local trainer's worker processes around
-    their own shared weights and Adam, exchanging with the ParameterServer."""
+    their own shared weights and optimizer, exchanging with the ParameterServer."""
 
     def __init__(self, index: int, incarnation: int, config: Config, worker_ids: list[int], params: np.ndarray,
                  optimizer_state: dict[str, Any] | None, server: Any, exchange_interval: float) -> None:
@@ -220,7 +220,7 @@ class NodeGroup:
         self.config = node_config(config, len(worker_ids))
         model = build_model(self.config, *env_spaces(self.config))
         self.shared = SharedTraining.create(model, self.config)
-        self.shared.optimizer.betas = node_adam_betas(self.shared.optimizer.betas, config.workers, len(worker_ids))
+        self.shared.optimizer.forget_faster(node_decay_power(config.workers, len(worker_ids)))
         self.shared.params.copy_(torch.tensor(params))  # torch.tensor copies: Ray's arrays are read-only
         if optimizer_state is not None:
             self.shared.optimizer.load_state_dict(optimizer_state)
@@ -356,7 +356,7 @@ class RayWorkers:
 
     def _pull(self) -> None:
         """The global weights with the frames they were trained for (both at once: the evaluator labels
-        its scores with those frames), new messages, the newest Adam state."""
+        its scores with those frames), new messages, the newest optimizer state."""
         params, frames, messages, optimizer_state = ray.get(self.server.pull.remote())
         self.shared.params.copy_(torch.tensor(params))
         if optimizer_state is not None:

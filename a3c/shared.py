@@ -9,12 +9,19 @@ import torch
 
 from a3c.config import Config
 from a3c.model import ActorCritic, bind_flat_parameters
-from a3c.shared_optim import SharedAdam
+from a3c.shared_optim import SharedAdam, SharedOptimizer, SharedRMSprop
 
 # Control flags, written by the parent only. Plain shared memory rather than multiprocessing
 # Events: an Event's condition variable deadlocks its set() once a waiting process is SIGKILLed.
 STOP, WORKERS_DONE, EVALUATE_AT_END = range(3)
 FLAG_POLL_S = 0.05
+
+
+def build_optimizer(config: Config, params: torch.Tensor) -> SharedOptimizer:
+    """The run's shared optimizer over the flat shared weights."""
+    if config.optimizer == "rmsprop":
+        return SharedRMSprop([params], lr=config.learning_rate, alpha=config.rmsprop_alpha, eps=config.rmsprop_eps)
+    return SharedAdam([params], lr=config.learning_rate, eps=config.adam_eps)
 
 
 @dataclass
@@ -25,7 +32,7 @@ class SharedTraining:
     train_episodes.csv, even when a worker is killed between finishing an episode and reporting it."""
 
     params: torch.Tensor           # flat model weights, shared
-    optimizer: SharedAdam
+    optimizer: SharedOptimizer
     frames: torch.Tensor           # int64 per worker slot: environment frames (with frame skip)
     episodes: torch.Tensor         # int64, one element: episodes logged by the parent
     flags: torch.Tensor            # uint8 [STOP, WORKERS_DONE, EVALUATE_AT_END]
@@ -47,7 +54,7 @@ class SharedTraining:
     @classmethod
     def create(cls, model: ActorCritic, config: Config) -> SharedTraining:
         params = bind_flat_parameters(model).share_memory_()
-        optimizer = SharedAdam([params], lr=config.learning_rate, eps=config.adam_eps)
+        optimizer = build_optimizer(config, params)
 
         frames = torch.zeros(config.workers, dtype=torch.int64).share_memory_()
         episodes = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -69,7 +76,7 @@ class SharedTraining:
     def weights_are_finite(self) -> bool:
         """Checked on a snapshot: torch.isfinite tests x == x, and reading an element twice while a
         worker writes it can see two different values. On the live weights, with two processes
-        stepping Adam without pause, 643 of 737,189 checks saw non-finite weights that never were."""
+        stepping the optimizer without pause, 643 of 737,189 checks saw non-finite weights that never were."""
         return bool(torch.isfinite(self.params.clone()).all())
 
     def count_episode(self) -> None:

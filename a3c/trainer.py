@@ -205,11 +205,10 @@ class Trainer:
             self.outcome = (EXIT_OK, f"reached the time limit of {self.config.time_limit:g} s")
         elif not self.shared.weights_are_finite():
             optimizer = self.shared.optimizer
-            counts = ", ".join(f"{name} {int((~torch.isfinite(t.clone())).sum())}" for name, t in (
-                ("weights", self.shared.params), ("exp_avg", optimizer.exp_avgs[0]),
-                ("exp_avg_sq", optimizer.exp_avg_sqs[0])))
+            tensors = [("weights", self.shared.params), *((name, t[0]) for name, t in optimizer.state.items())]
+            counts = ", ".join(f"{name} {int((~torch.isfinite(t.clone())).sum())}" for name, t in tensors)
             self.outcome = (EXIT_FAILED, (f"the shared model became non-finite (non-finite values: {counts} of "
-                                          f"{self.shared.params.numel()}; Adam step {float(optimizer.steps[0]):g}); "
+                                          f"{self.shared.params.numel()}; optimizer step {float(optimizer.steps[0]):g}); "
                                           "stopping (the last good checkpoint is kept)"))
 
     # -- the run -----------------------------------------------------------------------------
@@ -223,7 +222,7 @@ class Trainer:
         self._print("configuration: " + json.dumps(config.to_dict()))
         self._print(f"network precision: {config.network_precision}"
                     + (" (auto)" if config.precision == "auto" else "")
-                    + f"; learning rate {config.learning_rate:.3g}"
+                    + f"; {config.optimizer} learning rate {config.learning_rate:.3g}"
                     + (f" (auto for {config.workers} workers)" if config.lr is None else ""))
         supervisor = self.supervisor
         try:

@@ -1,6 +1,6 @@
 """A worker process: roll out t_max steps on its own environments with a local copy of the shared
 model, compute the n-step / GAE actor-critic loss, and push exactly that update's gradient into the
-shared Adam, without locks (Hogwild)."""
+shared optimizer, without locks (Hogwild)."""
 
 from __future__ import annotations
 
@@ -246,7 +246,7 @@ class Worker:
     """One A3C learner: local model and environments; the shared state is its only link to others.
 
     Its loop (run_worker) is the algorithm: sync_weights, collect (act and step t_max steps),
-    update (returns and advantages, loss, backward, clip, one step of the shared Adam)."""
+    update (returns and advantages, loss, backward, clip, one step of the shared optimizer)."""
 
     def __init__(self, worker_id: int, config: Config, shared: SharedTraining,
                  seeds: np.random.SeedSequence) -> None:

@@ -103,9 +103,10 @@ def test_workers_that_keep_dying_stop_the_run_with_a_clear_error(tmp_path):
     assert run.alive_pids() == []
 
 
-def test_resume_restores_model_optimizer_and_counters(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop"])
+def test_resume_restores_model_optimizer_and_counters(tmp_path, optimizer):
     config = Config(env_id="CartPole-v1", workers=2, total_frames=4000, lr=1e-3, eval_episodes=2,
-                    runs_dir=str(tmp_path), run_name="run")
+                    optimizer=optimizer, runs_dir=str(tmp_path), run_name="run")
     assert Trainer(config).run() == 0
     run_dir = tmp_path / "run"
     payload = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
@@ -115,7 +116,9 @@ def test_resume_restores_model_optimizer_and_counters(tmp_path):
     model.load_state_dict(payload["model"])
     assert torch.equal(trainer.shared.params, torch.nn.utils.parameters_to_vector(model.parameters()))
     saved, restored = payload["optimizer"]["state"][0], trainer.shared.optimizer.state_dict()["state"][0]
-    for key in ("step", "exp_avg", "exp_avg_sq"):
+    assert resumed_config.optimizer == optimizer
+    assert set(saved) == set(restored) == {"step", *type(trainer.shared.optimizer).state_names}
+    for key in saved:
         assert torch.equal(torch.as_tensor(saved[key]), restored[key])
     assert all(t.is_shared() for t in trainer.shared.optimizer.tensors())
     assert trainer.shared.total_frames() == payload["frames"]

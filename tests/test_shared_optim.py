@@ -1,9 +1,10 @@
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
-from a3c.shared_optim import SharedAdam
+from a3c.shared_optim import SharedAdam, SharedRMSprop
 
 
 def _params(seed: int = 0) -> list[torch.Tensor]:
@@ -37,19 +38,61 @@ def test_matches_torch_adam_exactly():
         assert torch.equal(mine[i]["exp_avg_sq"], theirs[i]["exp_avg_sq"])
 
 
-def test_state_is_shared_and_stays_shared_after_loading():
+def test_matches_torch_rmsprop_exactly():
+    reference = [torch.nn.Parameter(p) for p in _params()]
+    shared = [p.clone().share_memory_() for p in _params()]
+    ours = SharedRMSprop(shared, lr=1e-2, alpha=0.99, eps=1e-5)
+    torch_rmsprop = torch.optim.RMSprop(reference, lr=1e-2, alpha=0.99, eps=1e-5, foreach=False)
+    for step in range(6):
+        grads = _grads(step)
+        for p, g in zip(reference, grads, strict=True):
+            p.grad = g.clone()
+        torch_rmsprop.step()
+        ours.step(grads)
+        for mine, theirs in zip(shared, reference, strict=True):
+            assert torch.equal(mine, theirs.detach())
+    theirs = torch_rmsprop.state_dict()["state"]
+    mine = ours.state_dict()["state"]
+    for i in range(2):
+        assert float(mine[i]["step"]) == float(theirs[i]["step"]) == 6
+        assert torch.equal(mine[i]["square_avg"], theirs[i]["square_avg"])
+    # The snapshot loads into torch's own optimizer: the same format.
+    fresh = torch.optim.RMSprop([torch.nn.Parameter(p) for p in _params()], lr=1e-2, foreach=False)
+    fresh.load_state_dict(ours.state_dict())
+
+
+@pytest.mark.parametrize("kind", [SharedAdam, SharedRMSprop])
+def test_state_is_shared_and_stays_shared_after_loading(kind):
     params = [p.share_memory_() for p in _params()]
-    optimizer = SharedAdam(params)
+    optimizer = kind(params)
     assert all(t.is_shared() for t in optimizer.tensors())
     optimizer.step(_grads(0))
     saved = optimizer.state_dict()
-    other = SharedAdam([p.clone().share_memory_() for p in _params()])
+    other = kind([p.clone().share_memory_() for p in _params()])
     before = [t.data_ptr() for t in other.tensors()]
     other.load_state_dict(saved)
     assert [t.data_ptr() for t in other.tensors()] == before  # loaded in place
     assert all(t.is_shared() for t in other.tensors())
     assert float(other.steps[0]) == 1.0
-    assert torch.equal(other.exp_avgs[1], optimizer.exp_avgs[1])
+    for name in kind.state_names:
+        assert torch.equal(other.state[name][1], optimizer.state[name][1])
+
+
+def test_state_of_another_optimizer_is_refused():
+    adam = SharedAdam([p.share_memory_() for p in _params()])
+    adam.step(_grads(0))
+    rmsprop = SharedRMSprop([p.clone().share_memory_() for p in _params()])
+    with pytest.raises(ValueError, match="saved by another optimizer"):
+        rmsprop.load_state_dict(adam.state_dict())
+
+
+def test_forget_faster_raises_the_decay_rates():
+    adam = SharedAdam([p.share_memory_() for p in _params()], betas=(0.9, 0.999))
+    adam.forget_faster(2)  # one of two nodes steps every other update
+    assert adam.betas == pytest.approx((0.81, 0.999 ** 2))
+    rmsprop = SharedRMSprop([p.share_memory_() for p in _params()], alpha=0.99)
+    rmsprop.forget_faster(3)
+    assert rmsprop.alpha == pytest.approx(0.99 ** 3)
 
 
 def _step_in_child(optimizer: SharedAdam, grads: list[torch.Tensor]) -> None:
@@ -66,7 +109,7 @@ def test_step_in_child_process_is_visible_in_parent():
     assert process.exitcode == 0
     assert all(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
     assert float(optimizer.steps[0]) == 1.0
-    assert float(optimizer.exp_avg_sqs[0].abs().sum()) > 0
+    assert float(optimizer.state["exp_avg_sq"][0].abs().sum()) > 0
 
 
 def _step_until_stopped(shared, seed: int) -> None:
