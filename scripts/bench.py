@@ -1,9 +1,11 @@
 """Throughput benchmark: training frames/s of N Hogwild workers against the frames/s of N processes
 that only step the same preprocessed environment with random actions, and the raw emulator rate.
 
-    python scripts/bench.py --workers 1 2 --seconds 60 [--envs-per-worker 1 8]
+    python scripts/bench.py --workers 1 2 --seconds 60 [--envs-per-worker 1 8] [--from-checkpoint PATH]
 
-Frames count the frame skip. Training runs with the evaluator off; the first --warmup seconds
+Frames count the frame skip. With --from-checkpoint training starts from a trained run's weights and
+optimizer state (its game, network and settings; workers, environments per worker and precision
+from the flags): a trained network can be slower than a fresh one. Training runs with the evaluator off; the first --warmup seconds
 (process start, imports) are left out of every rate. Prints a table and writes JSON.
 """
 
@@ -20,7 +22,9 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 os.environ["OMP_NUM_THREADS"] = "1"
 
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
+from a3c.checkpoint import load_checkpoint
 from a3c.config import PRECISIONS, Config
 from a3c.envs import AtariEnv, make_env
 from a3c.trainer import RemoteFactory, Trainer
@@ -84,14 +89,16 @@ def env_only_fps(config: Config, workers: int, raw: bool, warmup: float, seconds
     return total
 
 
-def train_fps(config: Config, warmup: float, seconds: float, remote: RemoteFactory | None = None) -> float:
-    """Training frames/s between warmup and warmup + seconds; on a Ray cluster with `remote`."""
+def train_fps(config: Config, warmup: float, seconds: float, remote: RemoteFactory | None = None,
+              start: dict[str, Any] | None = None) -> float:
+    """Training frames/s between warmup and warmup + seconds; on a Ray cluster with `remote`; from
+    the checkpoint `start` if given."""
     runs = tempfile.mkdtemp(prefix="a3c-bench-")
     try:
         config.runs_dir, config.time_limit = runs, warmup + seconds
         config.total_frames, config.status_interval = 10**12, 3600.0
         samples: list[tuple[float, int]] = []
-        trainer = Trainer(config, evaluator=False, on_tick=lambda now, frames: samples.append((now, frames)),
+        trainer = Trainer(config, start, evaluator=False, on_tick=lambda now, frames: samples.append((now, frames)),
                           remote=remote)
         with contextlib.redirect_stdout(io.StringIO()):  # the table is the output
             trainer.run()
@@ -123,10 +130,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="number format of the network passes (default: auto)")
     parser.add_argument("--train-only", action="store_true",
                         help="measure training alone, not the env-only and raw emulator rates")
+    parser.add_argument("--from-checkpoint", metavar="PATH",
+                        help="train from this checkpoint's weights and optimizer state, with its settings")
     parser.add_argument("--output", default="benchmarks/latest.json")
     args = parser.parse_args(argv)
 
-    base = Config(env_id=args.env_id, lstm=args.lstm)
+    start = None if args.from_checkpoint is None else load_checkpoint(args.from_checkpoint)
+    base = Config(env_id=args.env_id, lstm=args.lstm) if start is None else Config.from_dict(start["config"])
     records = []
     header = f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}"
     print(header, flush=True)
@@ -135,16 +145,17 @@ def main(argv: list[str] | None = None) -> None:
         raw_fps = None if args.train_only or not base.is_atari else env_only_fps(base, workers, True, args.warmup,
                                                                                  args.seconds)
         for envs, precision in itertools.product(args.envs_per_worker, args.precision):
-            config = Config(env_id=args.env_id, lstm=args.lstm, workers=workers, envs_per_worker=envs,
-                            precision=precision)
-            fps = train_fps(config, args.warmup, args.seconds)
+            config = replace(base, workers=workers, envs_per_worker=envs, precision=precision, time_limit=None,
+                             run_name=None)
+            fps = train_fps(config, args.warmup, args.seconds, start=start)
             record = {"workers": workers, "envs_per_worker": envs, "precision": config.network_precision,
                       "train_fps": round(fps, 1),
                       "env_only_fps": None if env_fps is None else round(env_fps, 1),
                       "ratio": None if env_fps is None else round(fps / env_fps, 3),
                       "raw_emulator_fps": None if raw_fps is None else round(raw_fps, 1),
                       "env_vs_raw": None if raw_fps is None or env_fps is None else round(env_fps / raw_fps, 3),
-                      "env_id": args.env_id, "lstm": args.lstm, "seconds": args.seconds}
+                      "env_id": base.env_id, "lstm": base.lstm, "seconds": args.seconds,
+                      "from_checkpoint": args.from_checkpoint}
             records.append(record)
             raw_text = "-" if raw_fps is None else f"{raw_fps:,.0f}"
             env_text, ratio_text = ("-", "-") if env_fps is None else (f"{env_fps:,.0f}", f"{fps / env_fps:.2f}")
