@@ -100,11 +100,11 @@ def command_train(args: argparse.Namespace) -> int:
 
 def command_eval(args: argparse.Namespace) -> int:
     import gymnasium as gym
-    import torch
 
     from a3c.api import Policy
+    from a3c.model import setup_cpu_compute
 
-    torch.set_num_threads(1)
+    setup_cpu_compute()
     policy = Policy.load(args.checkpoint or args.run or newest_run(args.runs_dir), device=args.device)
     path, config = policy.path, policy.config
     env = policy.make_env(render_mode="rgb_array" if args.video else None)

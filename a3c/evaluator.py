@@ -35,7 +35,7 @@ from a3c.messages import (
     WriteFailed,
     parent_gone,
 )
-from a3c.model import ActorCritic, build_model
+from a3c.model import ActorCritic, build_model, setup_cpu_compute
 from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share seeds with the workers'
@@ -134,7 +134,7 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
     """Process entry: evaluate every eval_interval seconds until the stop signal, then once more
     after the workers have finished, writing latest.pt every time and best.pt on a new best."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    torch.set_num_threads(1)
+    setup_cpu_compute()
     device = resolve_device(config.eval_device)
     run_path = Path(run_dir)
     checkpoints = run_path / CHECKPOINT_DIR

@@ -157,6 +157,16 @@ class ActorCritic(nn.Module):
         return self.core(self.encode(obs), state)
 
 
+def setup_cpu_compute() -> None:
+    """Set up a process that runs the network: one intra-op thread (the processes are the
+    parallelism), and subnormal floats flushed to zero. A trained network's gradients, LSTM gates
+    and Adam moments hold many subnormals (from units that stopped firing, moments decaying), and
+    each costs the CPU a slow path: a trained KungFuMaster worker's update took 3 times as long, an
+    LSTM's acting pass 2.6 times (docs/benchmarks.md). Values under 1.2e-38 change no result."""
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+
+
 def build_model(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> ActorCritic:
     return ActorCritic(obs_shape, n_actions, config.model_body, config.lstm, config.mlp_hidden)
 

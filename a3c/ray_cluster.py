@@ -32,7 +32,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from a3c.config import Config, ConfigError, RayOptions
 from a3c.envs import env_spaces
 from a3c.messages import EpisodeFinished, LearnerStats, Message, Note, UpdateSkipped
-from a3c.model import build_model
+from a3c.model import build_model, setup_cpu_compute
 from a3c.shared import SharedTraining
 from a3c.supervisor import POLL_S, DeathLog, Supervisor, one_thread_per_child
 
@@ -213,7 +213,7 @@ class NodeGroup:
 
     def __init__(self, index: int, incarnation: int, config: Config, worker_ids: list[int], params: np.ndarray,
                  optimizer_state: dict[str, Any] | None, server: Any, exchange_interval: float) -> None:
-        torch.set_num_threads(1)
+        setup_cpu_compute()
         one_thread_per_child()  # Ray sets OMP_NUM_THREADS to the actor's CPUs; our workers take one
         self.index, self.incarnation, self.worker_ids = index, incarnation, worker_ids
         self.server, self.interval = server, exchange_interval

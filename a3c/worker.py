@@ -26,6 +26,7 @@ from a3c.model import (
     bind_flat_gradients,
     bind_flat_parameters,
     build_model,
+    setup_cpu_compute,
 )
 from a3c.replay import ReplayTape
 from a3c.shared import SharedTraining
@@ -400,7 +401,7 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
                conn: Connection, parent_pid: int) -> None:
     """Process entry: train until the stop signal, the frame budget, or the parent's death."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    torch.set_num_threads(1)
+    setup_cpu_compute()
     keep_freed_memory()
     worker = Worker(worker_id, config, shared, seeds)
     recent: list[UpdateStats] = []

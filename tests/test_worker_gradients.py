@@ -254,6 +254,22 @@ worker.close()
     assert float(result.stdout.split()[-1]) < 400
 
 
+def test_a_network_process_runs_one_thread_and_flushes_subnormal_floats():
+    # In a fresh interpreter, as worker and evaluator processes set themselves up. Subnormal
+    # gradients and moments made a trained network's update three times as slow.
+    script = """
+import torch
+from a3c.model import setup_cpu_compute
+tiny = torch.tensor([1e-39])
+assert bool(tiny[0] != 0) and float((tiny * 0.5)[0]) != 0  # subnormals exist before
+setup_cpu_compute()
+print(torch.get_num_threads(), float((torch.tensor([1e-39]) * 0.5)[0]))
+"""
+    result = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "0.0"]
+
+
 @pytest.mark.parametrize("options,expected", [({"reward_scale": 0.25}, 0.25), ({"reward_transform": "clip", "reward_scale": 0.25}, 1.0)])
 def test_the_rollout_holds_the_training_rewards(options, expected):
     # CartPole pays 1 per step: scaled by reward_scale, or clipped to its sign (scale ignored).
