@@ -22,6 +22,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 REWARD_TRANSFORMS = ("auto", "clip", "scale", "normalize")
 BODIES = ("auto", "mnih2013", "mnih2015", "tutorial", "mlp")
 OPTIMIZERS = ("adam", "rmsprop")
+ACTIVATIONS = ("relu", "elu")
 # Names that earlier versions wrote into config.json and checkpoints, read as their new names.
 RENAMED_BODIES = {"seed": "tutorial", "nature": "mnih2013"}
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
@@ -98,6 +99,9 @@ class Config:
         "paper used; for 84x84), mnih2015 (32@8x8/4, 64@4x4/2, 64@3x3/1, fc 512: the DQN Nature paper's, "
         "which A2C and PPO use; for 84x84), tutorial (the seed tutorial's 3 conv 32@3x3/2, fc 128; for 42x42), mlp "
         "(vector observations); auto picks mnih2013 for Atari, mlp otherwise"))
+    activation: str = field(default="relu", metadata=_help(
+        "the conv bodies' activation: relu, or elu (as ikostrikov/pytorch-a3c and universe-starter-agent: "
+        "its gradient never vanishes, so no unit stops learning); the mlp body uses tanh"))
     lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
     mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
     precision: str = field(default="auto", metadata=_help(
@@ -271,6 +275,8 @@ def validate(config: Config) -> None:
         _positive("reward_scale", config.reward_scale)
     if not 0 < config.rmsprop_alpha < 1:
         raise ConfigError(f"rmsprop_alpha must lie in (0, 1), got {config.rmsprop_alpha}")
+    if config.activation not in ACTIVATIONS:
+        raise ConfigError(f"activation must be {' or '.join(ACTIVATIONS)}; got {config.activation!r}")
     if config.optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer must be {' or '.join(OPTIMIZERS)}; got {config.optimizer!r}")
     if config.body not in BODIES:

@@ -48,12 +48,12 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, body: str = "tutorial",
-                 lstm: bool = False, mlp_hidden: int = 64) -> None:
+                 lstm: bool = False, mlp_hidden: int = 64, activation: str = "relu") -> None:
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.n_actions = n_actions
         self.is_image = body != "mlp"
-        self.activation = "relu" if self.is_image else "tanh"
+        self.activation = activation if self.is_image else "tanh"
         if self.is_image:
             self.convs, self.features = _conv_layers(body, obs_shape[0])
             self.hidden = nn.ModuleList()  # the conv output's size comes from activation_shapes()
@@ -132,6 +132,8 @@ class ActorCritic(nn.Module):
             out = None if record is None else record[i + 1]
             if self.activation == "tanh":
                 x = torch.tanh(x, out=out)
+            elif self.activation == "elu":
+                x = F.elu(x) if out is None else torch.ops.aten.elu.out(x, 1.0, 1, 1, out=out)
             elif out is None:  # relu's gradient at 0 is 0, as the replayed backward takes it
                 x = torch.relu(x)
             else:  # into the tape: relu has no out=
@@ -168,7 +170,7 @@ def setup_cpu_compute() -> None:
 
 
 def build_model(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> ActorCritic:
-    return ActorCritic(obs_shape, n_actions, config.model_body, config.lstm, config.mlp_hidden)
+    return ActorCritic(obs_shape, n_actions, config.model_body, config.lstm, config.mlp_hidden, config.activation)
 
 
 def parameter_count(model: nn.Module) -> int:

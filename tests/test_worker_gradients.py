@@ -77,20 +77,23 @@ def relative_error(received: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def assert_same_gradient(received: torch.Tensor, reference: torch.Tensor, precision: str) -> None:
-    if precision == "float32":
-        torch.testing.assert_close(received, reference, rtol=1e-4, atol=1e-6)
+    if precision == "float32":  # looser per element: a sum of many terms may cancel down to its rounding
+        assert relative_error(received, reference) < 2e-5
+        torch.testing.assert_close(received, reference, rtol=1e-3, atol=1e-5)
     else:  # the same bfloat16 forward; the backward rounds differently batched than stepwise
         assert relative_error(received, reference) < 1e-2
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("lstm", [False, True], ids=["feedforward", "lstm"])
-@pytest.mark.parametrize("envs,env_id", [(1, "CartPole-v1"), (3, "CartPole-v1"), (1, "ALE/KungFuMaster-v5"),
-                                         (3, "ALE/KungFuMaster-v5")],
-                         ids=["mlp", "mlp-several-envs", "conv", "conv-several-envs"])
-def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, precision):
+@pytest.mark.parametrize("envs,env_id,activation", [
+    (1, "CartPole-v1", "relu"), (3, "CartPole-v1", "relu"), (1, "ALE/KungFuMaster-v5", "relu"),
+    (3, "ALE/KungFuMaster-v5", "relu"), (3, "ALE/KungFuMaster-v5", "elu")],
+    ids=["mlp", "mlp-several-envs", "conv", "conv-several-envs", "conv-elu"])
+def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, activation, precision):
     config = Config(env_id=env_id, workers=1, t_max=8, lstm=lstm, lr=1e-2, envs_per_worker=envs,
-                    precision=precision, max_grad_norm=1e9)  # no clipping: the raw gradient is compared
+                    activation=activation, precision=precision,
+                    max_grad_norm=1e9)  # no clipping: the raw gradient is compared
     obs_shape, n_actions = env_spaces(config)
     model = build_model(config, obs_shape, n_actions)
     shared = SharedTraining.create(model, config)
