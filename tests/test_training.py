@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,10 +90,11 @@ def test_cartpole_learns_well_above_random(tmp_path):
     assert checkpoint["score"]["mean_reward"] == best
 
 
-@pytest.mark.parametrize("lstm", [False, True], ids=["feedforward", "lstm"])
-def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm):
-    config = Config(workers=2, total_frames=4000, lstm=lstm, eval_episodes=1, eval_interval=600,
-                    max_episode_frames=4000, runs_dir=str(tmp_path), run_name="smoke")
+@pytest.mark.parametrize("lstm,activation", [(False, "relu"), (True, "relu"), (False, "elu")],
+                         ids=["feedforward", "lstm", "elu"])
+def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm, activation):
+    config = Config(workers=2, total_frames=4000, lstm=lstm, activation=activation, eval_episodes=1,
+                    eval_interval=600, max_episode_frames=4000, runs_dir=str(tmp_path), run_name="smoke")
     assert Trainer(config).run() == 0
     run_dir = tmp_path / "smoke"
     checkpoint = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
@@ -105,3 +107,11 @@ def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm):
                              "--device", "cpu"], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "mean reward" in result.stdout and "mean episode length" in result.stdout
+    # The dead-unit diagnostic reads the same checkpoint: per body layer, units ever positive.
+    script = Path(__file__).resolve().parents[1] / "scripts" / "dead_units.py"
+    result = subprocess.run([sys.executable, str(script), str(run_dir / "checkpoints" / "latest.pt"),
+                             "--frames", "50"], check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    counts = re.findall(r"(\d+)/(\d+)", result.stdout.split("per body layer:")[1])
+    assert [int(units) for _, units in counts] == [16, 32, 256]  # mnih2013's body
+    assert all(0 < int(alive) <= int(units) for alive, units in counts)
