@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 KEEP_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 # Settings a resumed run cannot change: they fix the environment's spaces or the model's shape.
-FIXED_ON_RESUME = ("env_id", "body", "lstm", "mlp_hidden", "screen_size", "frame_stack")
+FIXED_ON_RESUME = ("env_id", "body", "activation", "lstm", "mlp_hidden", "screen_size", "frame_stack", "optimizer")
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,12 @@ def _connect(options: RayOptions | None, config: Config) -> tuple[RayCluster | N
 
 
 def resume_config(saved: dict[str, Any], overrides: dict[str, Any]) -> Config:
-    changed = [k for k in FIXED_ON_RESUME if k in overrides and overrides[k] != saved.get(k)]
+    before = Config.from_saved(saved).to_dict()
+    changed = [k for k in FIXED_ON_RESUME if k in overrides and overrides[k] != before[k]]
     if changed:
-        detail = ", ".join(f"{k} {saved.get(k)!r} -> {overrides[k]!r}" for k in changed)
+        detail = ", ".join(f"{k} {before[k]!r} -> {overrides[k]!r}" for k in changed)
         raise ConfigError(f"cannot change on resume: {detail}")
-    return Config.from_dict({**saved, **overrides})
+    return Config.from_saved({**saved, **overrides})
 
 
 def _run(trainer: Trainer) -> RunResult:
@@ -149,7 +150,7 @@ class Policy:
         checkpoint file; on `device` (auto: CUDA when there is one)."""
         path = resolve_checkpoint(target, which)
         payload = load_checkpoint(path)
-        config = Config.from_dict(payload["config"])
+        config = Config.from_saved(payload["config"])
         check_fits(payload, *env_spaces(config), path)
         model = build_model(config, tuple(payload["obs_shape"]), payload["n_actions"])
         restore_model(model, payload, path)

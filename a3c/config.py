@@ -25,6 +25,8 @@ OPTIMIZERS = ("adam", "rmsprop")
 ACTIVATIONS = ("relu", "elu")
 # Names that earlier versions wrote into config.json and checkpoints, read as their new names.
 RENAMED_BODIES = {"seed": "tutorial", "nature": "mnih2013"}
+# Settings that earlier versions did not save, with the value their runs had (Config.from_saved).
+UNSAVED_BEFORE = {"activation": "relu", "optimizer": "adam"}
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
 # The default learning rate: BASE_LR up to BASE_LR_WORKERS workers, less above (Config.learning_rate).
 # RMSProp's is baselines' A2C's (and pytorch-a2c-ppo-acktr's), not searched here.
@@ -173,6 +175,12 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**values)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> Config:
+        """The settings of a saved run (config.json, a checkpoint), as that run had them: a setting
+        its version did not save yet had the value of UNSAVED_BEFORE, whatever today's default."""
+        return cls.from_dict({**UNSAVED_BEFORE, **values})
 
     def save(self, path: str) -> None:
         with open(path, "w") as f:

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     start = None if args.from_checkpoint is None else load_checkpoint(args.from_checkpoint)
-    base = Config(env_id=args.env_id, lstm=args.lstm) if start is None else Config.from_dict(start["config"])
+    base = Config(env_id=args.env_id, lstm=args.lstm) if start is None else Config.from_saved(start["config"])
     records = []
     header = f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}"
     print(header, flush=True)

@@ -41,7 +41,7 @@ def random_play(config: Config, n_actions: int, frames: int, seed: int = 0) -> t
 def units_ever_positive(path: str, frames: int) -> tuple[int, list[tuple[int, int]]]:
     """The checkpoint's frames and, per body layer, (units ever positive, units)."""
     payload = load_checkpoint(path)
-    config = Config.from_dict(payload["config"])
+    config = Config.from_saved(payload["config"])
     model = build_model(config, tuple(payload["obs_shape"]), payload["n_actions"])
     restore_model(model, payload, path)
     observations = random_play(config, payload["n_actions"], frames)

@@ -101,6 +101,7 @@ def test_a_run_without_a_checkpoint_yet(tmp_path, capsys):
     (["--env-id", "Acrobot-v1"], "cannot change on resume: env_id 'CartPole-v1' -> 'Acrobot-v1'"),
     (["--lstm"], "cannot change on resume: lstm False -> True"),
     (["--mlp-hidden", "32"], "cannot change on resume: mlp_hidden 64 -> 32"),
+    (["--optimizer", "rmsprop"], "cannot change on resume: optimizer 'adam' -> 'rmsprop'"),
 ])
 def test_resume_refuses_another_environment_or_model_shape(flags, message, good_checkpoint, capsys):
     code, err = run_cli(["train", "--resume", str(good_checkpoint), *flags], capsys)

@@ -166,3 +166,16 @@ def test_a_configuration_saved_by_an_earlier_version_keeps_its_meaning(tmp_path,
         assert "body 'seed' is now called 'tutorial'" in capsys.readouterr().err
     nature = Config.from_dict({**saved, "body": "nature", "screen_size": 84})
     assert nature.model_body == "mnih2013"
+
+
+def test_a_saved_run_without_later_settings_keeps_the_network_and_optimizer_it_had():
+    # Runs saved before `activation` and `optimizer` existed trained ReLU networks with Adam; read
+    # back, they stay so whatever today's defaults (the weights' shapes would not tell). New
+    # settings without them take today's defaults.
+    saved = Config().to_dict()
+    del saved["activation"], saved["optimizer"]
+    config = Config.from_saved(saved)
+    assert (config.activation, config.optimizer) == ("relu", "adam")
+    assert Config.from_saved({**saved, "activation": "elu", "optimizer": "rmsprop"}).activation == "elu"
+    fresh = Config.from_dict(saved)
+    assert (fresh.activation, fresh.optimizer) == (Config().activation, Config().optimizer)
