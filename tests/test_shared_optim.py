@@ -17,47 +17,36 @@ def _grads(step: int) -> list[torch.Tensor]:
     return [torch.randn(5, 3, generator=generator), torch.randn(7, generator=generator)]
 
 
-def test_matches_torch_adam_exactly():
-    reference = [torch.nn.Parameter(p) for p in _params()]
-    shared = [p.clone().share_memory_() for p in _params()]
-    ours = SharedAdam(shared, lr=1e-2, eps=1e-8)
-    torch_adam = torch.optim.Adam(reference, lr=1e-2, eps=1e-8, fused=ours.fused)
-    for step in range(6):
-        grads = _grads(step)
-        for p, g in zip(reference, grads, strict=True):
-            p.grad = g.clone()
-        torch_adam.step()
-        ours.step(grads)
-        for mine, theirs in zip(shared, reference, strict=True):
-            assert torch.equal(mine, theirs.detach())
-    theirs = torch_adam.state_dict()["state"]
-    mine = ours.state_dict()["state"]
-    for i in range(2):
-        assert float(mine[i]["step"]) == float(theirs[i]["step"]) == 6
-        assert torch.equal(mine[i]["exp_avg"], theirs[i]["exp_avg"])
-        assert torch.equal(mine[i]["exp_avg_sq"], theirs[i]["exp_avg_sq"])
-
-
-def test_matches_torch_rmsprop_exactly():
-    reference = [torch.nn.Parameter(p) for p in _params()]
-    shared = [p.clone().share_memory_() for p in _params()]
+def _shared_and_torch(kind: str, shared: list[torch.Tensor], reference: list[torch.nn.Parameter]):
+    if kind == "adam":
+        ours = SharedAdam(shared, lr=1e-2, eps=1e-8)
+        return ours, torch.optim.Adam(reference, lr=1e-2, eps=1e-8, fused=ours.fused)
     ours = SharedRMSprop(shared, lr=1e-2, alpha=0.99, eps=1e-5)
-    torch_rmsprop = torch.optim.RMSprop(reference, lr=1e-2, alpha=0.99, eps=1e-5, foreach=False)
+    return ours, torch.optim.RMSprop(reference, lr=1e-2, alpha=0.99, eps=1e-5, foreach=False)
+
+
+@pytest.mark.parametrize("kind", ["adam", "rmsprop"])
+def test_matches_torch_optimizer_exactly(kind):
+    reference = [torch.nn.Parameter(p) for p in _params()]
+    shared = [p.clone().share_memory_() for p in _params()]
+    ours, theirs = _shared_and_torch(kind, shared, reference)
     for step in range(6):
         grads = _grads(step)
         for p, g in zip(reference, grads, strict=True):
             p.grad = g.clone()
-        torch_rmsprop.step()
+        theirs.step()
         ours.step(grads)
-        for mine, theirs in zip(shared, reference, strict=True):
-            assert torch.equal(mine, theirs.detach())
-    theirs = torch_rmsprop.state_dict()["state"]
-    mine = ours.state_dict()["state"]
+        for mine, expected in zip(shared, reference, strict=True):
+            assert torch.equal(mine, expected.detach())
+    their_state, my_state = theirs.state_dict()["state"], ours.state_dict()["state"]
     for i in range(2):
-        assert float(mine[i]["step"]) == float(theirs[i]["step"]) == 6
-        assert torch.equal(mine[i]["square_avg"], theirs[i]["square_avg"])
+        assert set(my_state[i]) == set(their_state[i]) == {"step", *ours.state_names}
+        assert float(my_state[i]["step"]) == float(their_state[i]["step"]) == 6
+        for name in ours.state_names:
+            assert torch.equal(my_state[i][name], their_state[i][name])
     # The snapshot loads into torch's own optimizer: the same format.
-    fresh = torch.optim.RMSprop([torch.nn.Parameter(p) for p in _params()], lr=1e-2, foreach=False)
+    _, fresh = _shared_and_torch(kind, [p.clone().share_memory_() for p in _params()],
+                                 [torch.nn.Parameter(p) for p in _params()])
     fresh.load_state_dict(ours.state_dict())
 
 
