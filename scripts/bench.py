@@ -3,10 +3,11 @@ that only step the same preprocessed environment with random actions, and the ra
 
     python scripts/bench.py --workers 1 2 --seconds 60 [--envs-per-worker 1 8] [--from-checkpoint PATH]
 
-Frames count the frame skip. With --from-checkpoint training starts from a trained run's weights and
-optimizer state (its game, network and settings; workers, environments per worker and precision
-from the flags): a trained network can be slower than a fresh one. Training runs with the evaluator off; the first --warmup seconds
-(process start, imports) are left out of every rate. Prints a table and writes JSON.
+Frames count the frame skip. Training runs with the evaluator off; the first --warmup seconds
+(process start, imports) are left out of every rate. With --from-checkpoint training starts from a
+trained run's weights and optimizer state (its game, network and settings; workers, environments per
+worker and precision from the flags): a trained network can be slower than a fresh one. Prints a
+table and writes JSON.
 """
 
 from __future__ import annotations
@@ -145,8 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         raw_fps = None if args.train_only or not base.is_atari else env_only_fps(base, workers, True, args.warmup,
                                                                                  args.seconds)
         for envs, precision in itertools.product(args.envs_per_worker, args.precision):
-            config = replace(base, workers=workers, envs_per_worker=envs, precision=precision, time_limit=None,
-                             run_name=None)
+            config = replace(base, workers=workers, envs_per_worker=envs, precision=precision, run_name=None)
             fps = train_fps(config, args.warmup, args.seconds, start=start)
             record = {"workers": workers, "envs_per_worker": envs, "precision": config.network_precision,
                       "train_fps": round(fps, 1),

@@ -117,7 +117,7 @@ def test_resume_restores_model_optimizer_and_counters(tmp_path, optimizer):
     assert torch.equal(trainer.shared.params, torch.nn.utils.parameters_to_vector(model.parameters()))
     saved, restored = payload["optimizer"]["state"][0], trainer.shared.optimizer.state_dict()["state"][0]
     assert resumed_config.optimizer == optimizer
-    assert set(saved) == set(restored) == {"step", *type(trainer.shared.optimizer).state_names}
+    assert set(saved) == set(restored) == {"step", *trainer.shared.optimizer.state_names}
     for key in saved:
         assert torch.equal(torch.as_tensor(saved[key]), restored[key])
     assert all(t.is_shared() for t in trainer.shared.optimizer.tensors())
