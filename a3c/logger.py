@@ -20,7 +20,7 @@ import numpy as np
 
 from a3c.checkpoint import write_failure
 from a3c.config import Config
-from a3c.messages import LearnerStats
+from a3c.messages import LEARNER_STAT_NAMES, LearnerStats
 
 TRAIN_EPISODES_CSV = "train_episodes.csv"
 EPISODE_FIELDS = ["frames", "worker", "return", "length", "time"]
@@ -187,9 +187,11 @@ class RunLogger:
             board.add_scalar("rollout/ep_rew_mean", recent, frames)
             board.add_scalar("rollout/ep_len_mean", float(np.mean(self.recent_lengths)), frames)
         if self.train_stats:
-            for key in ("policy_loss", "value_loss", "entropy", "grad_norm", "learning_rate"):
-                board.add_scalar(f"train/{key}", float(np.mean([getattr(s, key) for s in self.train_stats.values()])),
-                                 frames)
+            for key in LEARNER_STAT_NAMES:
+                values = [getattr(s, key) for s in self.train_stats.values()]
+                values = [v for v in values if np.isfinite(v)]  # a report whose returns did not vary
+                if values:
+                    board.add_scalar(f"train/{key}", float(np.mean(values)), frames)
         board.flush()
 
     def close(self) -> None:

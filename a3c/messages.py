@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 def parent_gone(error: OSError, parent_pid: int) -> bool:
@@ -33,7 +33,12 @@ class LearnerStats:
     value_loss: float
     entropy: float
     grad_norm: float
+    explained_variance: float  # 1 - Var[returns - values] / Var[returns] (nan if returns did not vary)
     learning_rate: float
+
+
+# What the logs show of LearnerStats (TensorBoard's train/ keys).
+LEARNER_STAT_NAMES = tuple(f.name for f in fields(LearnerStats) if f.name != "worker")
 
 
 @dataclass(frozen=True)

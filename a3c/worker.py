@@ -5,6 +5,7 @@ shared optimizer, without locks (Hogwild)."""
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import signal
 import time
@@ -143,6 +144,8 @@ class UpdateStats:
     entropy: float
     grad_norm: float
     applied: bool
+    residual_variance: float  # Var[returns - values]: what the value head missed
+    return_variance: float  # Var[returns]
 
 
 @dataclass
@@ -153,8 +156,9 @@ class EpisodeRecord:
     end_time: float
 
 
-def a3c_loss(rollout: Rollout, config: Config) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs.
+def a3c_loss(rollout: Rollout, config: Config) -> tuple[torch.Tensor, UpdateStats]:
+    """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs,
+    and its terms for the logs (grad_norm and applied to be filled in after the backward pass).
 
     The logits and values are the acting passes' own, replayed from the rollout's tape: the update's
     backward pass runs batched over the whole rollout, in the run's number format, without a second
@@ -173,7 +177,10 @@ def a3c_loss(rollout: Rollout, config: Config) -> tuple[torch.Tensor, tuple[torc
     value_loss = 0.5 * (returns - values).pow(2).sum() / batch
     entropy = -(log_probs.exp() * log_probs).sum() / batch
     loss = policy_loss - config.entropy_coef * entropy + config.value_loss_coef * value_loss
-    return loss, (policy_loss.detach(), value_loss.detach(), entropy.detach())
+    with torch.no_grad():
+        terms = UpdateStats(float(policy_loss), float(value_loss), float(entropy), math.nan, False,
+                            float((returns - values).var(unbiased=False)), float(returns.var(unbiased=False)))
+    return loss, terms
 
 
 def seed_stream(seed: int, worker_id: int, incarnation: int = 0) -> np.random.SeedSequence:
@@ -367,16 +374,16 @@ class Worker:
 
     def update(self, rollout: Rollout) -> UpdateStats:
         """Compute this rollout's gradient and hand exactly it to the shared optimizer."""
-        loss, (policy_loss, value_loss, entropy) = a3c_loss(rollout, self.config)
+        loss, stats = a3c_loss(rollout, self.config)
         self.grad.zero_()  # never None: backward accumulates into this flat buffer in place
         loss.backward()
-        grad_norm = float(self.grad.norm())
-        applied = bool(torch.isfinite(loss)) and np.isfinite(grad_norm)
-        if applied:
+        stats.grad_norm = grad_norm = float(self.grad.norm())
+        stats.applied = bool(torch.isfinite(loss)) and np.isfinite(grad_norm)
+        if stats.applied:
             if grad_norm > self.config.max_grad_norm:
                 self.grad.mul_(self.config.max_grad_norm / (grad_norm + 1e-6))
             self.optimizer.step([self.grad], lr=self.learning_rate())  # lock-free (Hogwild)
-        return UpdateStats(float(policy_loss), float(value_loss), float(entropy), grad_norm, applied)
+        return stats
 
     def count_frames(self, steps: int) -> None:
         """Add a rollout's frames to this worker's own counter slot (no lock: no other writer)."""
@@ -393,8 +400,15 @@ class Worker:
 
 
 def _mean_stats(stats: list[UpdateStats]) -> dict[str, float]:
-    return {name: float(np.mean([getattr(s, name) for s in stats]))
-            for name in ("policy_loss", "value_loss", "entropy", "grad_norm")}
+    def mean(name: str) -> float:
+        return float(np.mean([getattr(s, name) for s in stats]))
+
+    # Over the whole report, as Stable-Baselines3 over its rollout buffer: one update's 20 returns
+    # may barely vary.
+    return_variance = mean("return_variance")
+    explained = 1.0 - mean("residual_variance") / return_variance if return_variance > 0 else math.nan
+    return {**{name: mean(name) for name in ("policy_loss", "value_loss", "entropy", "grad_norm")},
+            "explained_variance": explained}
 
 
 def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np.random.SeedSequence,

@@ -25,7 +25,11 @@ from a3c.model import DTYPES, build_model
 from a3c.shared import SharedTraining
 from a3c.worker import (
     Rollout,
+    UpdateStats,
     Worker,
+    _mean_stats,
+    a3c_loss,
+    returns_and_advantages,
     sample_actions,
     seed_stream,
 )
@@ -120,6 +124,26 @@ def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, act
     error = sum(float((received - expected).norm()) for received, expected, _ in later)
     assert sum(float((received - previous - expected).norm()) for received, expected, previous in later) > 3 * error
     assert sum(float((received - references[0]).norm()) for received, _, _ in later) > 3 * error
+
+
+def test_the_explained_variance_is_that_of_the_reported_updates_returns():
+    config = Config(env_id="CartPole-v1", workers=1, t_max=8, envs_per_worker=3, precision="float32")
+    obs_shape, n_actions = env_spaces(config)
+    shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    worker.sync_weights()
+    rollout = worker.collect()
+    worker.close()
+    returns, _ = returns_and_advantages(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
+                                        rollout.ended, config.gamma, config.gae_lambda)
+    _, terms = a3c_loss(rollout, config)
+    assert terms.return_variance == pytest.approx(float(returns.var(unbiased=False)), rel=1e-5)
+    assert terms.residual_variance == pytest.approx(float((returns - rollout.values).var(unbiased=False)), rel=1e-4)
+    # Pooled over the report's updates, not a mean of each update's ratio.
+    other = UpdateStats(0.0, 0.0, 0.0, 1.0, True, residual_variance=1.0, return_variance=3.0)
+    pooled = 1 - (terms.residual_variance + 1.0) / (terms.return_variance + 3.0)
+    assert _mean_stats([terms, other])["explained_variance"] == pytest.approx(pooled)
+    assert np.isnan(_mean_stats([replace(other, residual_variance=0.0, return_variance=0.0)])["explained_variance"])
 
 
 def test_update_changes_the_shared_weights_by_one_adam_step_of_that_gradient():
