@@ -127,7 +127,8 @@ class Config:
     rmsprop_alpha: float = field(default=0.99, metadata=_help(
         "RMSProp's decay of the mean squared gradient (the paper's 0.99)"))
     rmsprop_eps: float = field(default=1e-5, metadata=_help(
-        "RMSProp epsilon, added to the root mean square (baselines' A2C's 1e-5)"))
+        "RMSProp epsilon, added to the root mean square as torch.optim.RMSprop does (baselines' A2C "
+        "used 1e-5 under the root, TensorFlow's RMSProp: a floor of 3.2e-3)"))
     gamma: float = field(default=0.99, metadata=_help("discount factor"))
     gae_lambda: float = field(default=1.0, metadata=_help(
         "GAE lambda for the policy's advantage; 1 gives the paper's n-step advantage"))
