@@ -174,12 +174,13 @@ def a3c_loss(rollout: Rollout, config: Config) -> tuple[torch.Tensor, UpdateStat
     action_log_probs = log_probs.gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1)
     batch = rollout.actions.shape[1]
     policy_loss = -(action_log_probs * advantages).sum() / batch
-    value_loss = 0.5 * (returns - values).pow(2).sum() / batch
+    residual = returns - values
+    value_loss = 0.5 * residual.pow(2).sum() / batch
     entropy = -(log_probs.exp() * log_probs).sum() / batch
     loss = policy_loss - config.entropy_coef * entropy + config.value_loss_coef * value_loss
     with torch.no_grad():
         terms = UpdateStats(float(policy_loss), float(value_loss), float(entropy), math.nan, False,
-                            float((returns - values).var(unbiased=False)), float(returns.var(unbiased=False)))
+                            float(residual.var(unbiased=False)), float(returns.var(unbiased=False)))
     return loss, terms
 
 
