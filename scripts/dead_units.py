@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from a3c.checkpoint import load_checkpoint, restore_model
+from a3c.api import Policy
 from a3c.config import Config
 from a3c.envs import make_env
-from a3c.model import build_model
 
 
 def random_play(config: Config, n_actions: int, frames: int, seed: int = 0) -> torch.Tensor:
@@ -40,11 +39,9 @@ def random_play(config: Config, n_actions: int, frames: int, seed: int = 0) -> t
 @torch.no_grad()
 def units_ever_positive(path: str, frames: int) -> tuple[int, list[tuple[int, int]]]:
     """The checkpoint's frames and, per body layer, (units ever positive, units)."""
-    payload = load_checkpoint(path)
-    config = Config.from_saved(payload["config"])
-    model = build_model(config, tuple(payload["obs_shape"]), payload["n_actions"])
-    restore_model(model, payload, path)
-    observations = random_play(config, payload["n_actions"], frames)
+    policy = Policy.load(path, device="cpu")
+    model = policy.model
+    observations = random_play(policy.config, policy.checkpoint["n_actions"], frames)
     # encode computes the scaled input and every body layer's output into these
     record = [torch.empty((frames, *shape)) for shape in model.activation_shapes()]
     model.encode(observations, model.body_weights(), record)
@@ -53,7 +50,7 @@ def units_ever_positive(path: str, frames: int) -> tuple[int, list[tuple[int, in
         units = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
         per_unit = output.amax(dim=(0, 2, 3)) if output.dim() == 4 else output.amax(dim=0)
         counts.append((int((per_unit > 0).sum()), units))
-    return int(payload["frames"]), counts
+    return policy.frames, counts
 
 
 def main(argv: list[str] | None = None) -> None:
