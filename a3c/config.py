@@ -3,7 +3,7 @@
 The defaults are the settings that learned every game measured on a 2-core machine
 (docs/benchmarks.md): 4 environments per worker (16 train faster but never left Pong's uniform
 policy), t_max 5, Adam at lr 3e-4 for two workers and less for more (see Config.learning_rate),
-rewards clipped to their sign. PRESETS keeps the seed tutorial's settings and the A3C paper's one
+rewards clipped to their sign, a lost life the end of the learner's episode. PRESETS keeps the seed tutorial's settings and the A3C paper's one
 flag away.
 """
 
@@ -26,7 +26,7 @@ ACTIVATIONS = ("relu", "elu")
 # Names that earlier versions wrote into config.json and checkpoints, read as their new names.
 RENAMED_BODIES = {"seed": "tutorial", "nature": "mnih2013"}
 # Settings that earlier versions did not save, with the value their runs had (Config.from_saved).
-UNSAVED_BEFORE = {"activation": "relu", "optimizer": "adam"}
+UNSAVED_BEFORE = {"activation": "relu", "optimizer": "adam", "terminal_on_life_loss": False}
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
 # The default learning rate: BASE_LR up to BASE_LR_WORKERS workers, less above (Config.learning_rate).
 # RMSProp's is baselines' A2C's (and pytorch-a2c-ppo-acktr's), not searched here.
@@ -43,12 +43,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The seed tutorial's network and reward scaling, with ikostrikov/pytorch-a3c's rollout length:
     # the defaults of earlier versions.
     "tutorial": {"screen_size": 42, "body": "tutorial", "envs_per_worker": 1, "t_max": 20, "lr": 1e-4,
-                 "reward_transform": "scale"},
+                 "reward_transform": "scale", "terminal_on_life_loss": False},
     # Mnih et al. 2016's A3C FF: 84x84 frames, the network of Mnih et al. 2013, one environment per
     # worker, t_max 5, clipped rewards, shared RMSProp (alpha 0.99) with its learning rate annealed
-    # to zero; the paper searched the rate per game, 7e-4 is baselines' A2C's.
+    # to zero, lives not terminal (the paper names no such step); it searched the rate per game,
+    # 7e-4 is baselines' A2C's.
     "paper": {"screen_size": 84, "body": "mnih2013", "envs_per_worker": 1, "t_max": 5, "optimizer": "rmsprop",
-              "lr": 7e-4, "lr_anneal": True, "reward_transform": "clip"},
+              "lr": 7e-4, "lr_anneal": True, "reward_transform": "clip", "terminal_on_life_loss": False},
 }
 
 
@@ -81,9 +82,11 @@ class Config:
     noop_max: int = field(default=30, metadata=_help("up to this many no-op frames at each reset"))
     sticky_actions: float = field(default=0.0, metadata=_help(
         "probability that the emulator repeats the previous action (0 as in the paper; 0.25 as in ALE v5)"))
-    terminal_on_life_loss: bool = field(default=False, metadata=_help(
+    terminal_on_life_loss: bool = field(default=True, metadata=_help(
         "end the learner's episode (no bootstrap, a fresh LSTM state) when the game takes a life, as DQN "
-        "and baselines' A2C train; the game and the scores go on to game over"))
+        "and baselines' A2C and PPO train: the value head learns sooner what loses (Breakout and "
+        "KungFuMaster learned faster early, docs/benchmarks.md); the game and the scores go on to game "
+        "over; games without lives are unaffected"))
     max_episode_frames: int = field(default=108_000, metadata=_help(
         "truncate an episode after this many frames (30 minutes of play)"))
     reward_transform: str = field(default="auto", metadata=_help(

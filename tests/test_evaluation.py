@@ -168,14 +168,17 @@ def test_a_configuration_saved_by_an_earlier_version_keeps_its_meaning(tmp_path,
     assert nature.model_body == "mnih2013"
 
 
-def test_a_saved_run_without_later_settings_keeps_the_network_and_optimizer_it_had():
-    # Runs saved before `activation` and `optimizer` existed trained ReLU networks with Adam; read
-    # back, they stay so whatever today's defaults (the weights' shapes would not tell). New
-    # settings without them take today's defaults.
+def test_a_saved_run_without_later_settings_keeps_the_network_optimizer_and_episodes_it_had():
+    # Runs saved before `activation`, `optimizer` and `terminal_on_life_loss` existed trained ReLU
+    # networks with Adam on episodes that only game over ended; read back (to resume or evaluate),
+    # they stay so whatever today's defaults. New settings without them take today's defaults.
     saved = Config().to_dict()
-    del saved["activation"], saved["optimizer"]
+    del saved["activation"], saved["optimizer"], saved["terminal_on_life_loss"]
     config = Config.from_saved(saved)
-    assert (config.activation, config.optimizer) == ("relu", "adam")
+    assert (config.activation, config.optimizer, config.terminal_on_life_loss) == ("relu", "adam", False)
     assert Config.from_saved({**saved, "activation": "elu", "optimizer": "rmsprop"}).activation == "elu"
+    assert Config.from_saved({**saved, "terminal_on_life_loss": True}).terminal_on_life_loss is True
     fresh = Config.from_dict(saved)
-    assert (fresh.activation, fresh.optimizer) == (Config().activation, Config().optimizer)
+    assert (fresh.activation, fresh.optimizer, fresh.terminal_on_life_loss) == (
+        Config().activation, Config().optimizer, Config().terminal_on_life_loss)
+    assert Config().terminal_on_life_loss is True
