@@ -3,8 +3,8 @@
 The defaults are the settings that learned every game measured on a 2-core machine
 (docs/benchmarks.md): 4 environments per worker (16 train faster but never left Pong's uniform
 policy), t_max 5, Adam at lr 3e-4 for two workers and less for more (see Config.learning_rate),
-rewards clipped to their sign, a lost life the end of the learner's episode. PRESETS keeps the seed tutorial's settings and the A3C paper's one
-flag away.
+rewards clipped to their sign, a lost life the end of the learner's episode. PRESETS keeps the
+seed tutorial's settings and the A3C paper's one flag away.
 """
 
 from __future__ import annotations
