@@ -34,6 +34,7 @@ class LearnerStats:
     entropy: float
     grad_norm: float
     explained_variance: float  # 1 - Var[returns - values] / Var[returns] (nan if returns did not vary)
+    active_units: float  # the fraction of the body's last layer's units that fired, per update
     learning_rate: float
 
 

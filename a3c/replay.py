@@ -120,6 +120,12 @@ class ReplayTape:
         final observation of an episode cut by a time limit)."""
         return self.model.core(self.model.encode(obs, self.weights), state)
 
+    def active_units(self) -> float:
+        """The fraction of the body's last layer's units that fired (output above zero) on some
+        observation of the rollout. A ReLU body at 0 passes no gradient below the heads: dead for good."""
+        last = self.layers[-1][:self.steps * self.batch]
+        return float((last > 0).flatten(1).any(0).float().mean())
+
     def inputs(self) -> torch.Tensor:
         """The recorded, scaled observations of the steps acted so far (T*B rows)."""
         return self.layers[0][:self.steps * self.batch]

@@ -141,6 +141,7 @@ class Trainer:
         self.skipped_updates = 0
         self.signals: list[int] = []
         self.outcome: tuple[int, str] | None = None
+        self.dead_body_workers: set[int] = set()  # workers whose last report found the body dead
 
     def _evaluator_args(self) -> tuple[Any, ...]:
         return str(self.run_dir), self.obs_shape, self.n_actions, self.best_score
@@ -154,6 +155,7 @@ class Trainer:
                 self.shared.count_episode()
             case LearnerStats():
                 self.log.train(message)
+                self._check_body_alive(message)
             case Evaluated():
                 if message.improved:
                     self.best_score = message.score["mean_reward"]
@@ -171,6 +173,23 @@ class Trainer:
                             f"(norm {message.grad_norm}); {self.skipped_updates} skipped so far")
             case Note():
                 self._print(message.text)
+
+    def _check_body_alive(self, stats: LearnerStats) -> None:
+        """Stop a run whose ReLU body died: when every worker reports that no unit of the body's last
+        layer fired on any observation, no gradient reaches the body again and the run can only
+        waste its remaining time (a Breakout run's did so at 29.4 M frames, docs/benchmarks.md)."""
+        if self.config.model_body == "mlp" or self.config.activation != "relu":
+            return  # tanh and ELU units always pass gradient
+        if stats.active_units > 0:
+            self.dead_body_workers.discard(stats.worker)
+            return
+        self.dead_body_workers.add(stats.worker)
+        if len(self.dead_body_workers) >= self.config.workers and self.outcome is None:
+            best = "" if self.best_score is None else f" (its mean: {self.best_score:g})"
+            reason = ("the network died: no unit of its body's last layer fires on any observation of any "
+                      "worker, so no gradient reaches the body and it cannot learn again; stopping. "
+                      f"checkpoints/best.pt keeps the best policy{best}")
+            self.outcome = (EXIT_FAILED, reason)
 
     def _print(self, text: str) -> None:
         self.log.message(text)

@@ -146,6 +146,7 @@ class UpdateStats:
     applied: bool
     residual_variance: float  # Var[returns - values]: what the value head missed
     return_variance: float  # Var[returns]
+    active_units: float  # ReplayTape.active_units
 
 
 @dataclass
@@ -180,7 +181,8 @@ def a3c_loss(rollout: Rollout, config: Config) -> tuple[torch.Tensor, UpdateStat
     loss = policy_loss - config.entropy_coef * entropy + config.value_loss_coef * value_loss
     with torch.no_grad():
         terms = UpdateStats(float(policy_loss), float(value_loss), float(entropy), math.nan, False,
-                            float(residual.var(unbiased=False)), float(returns.var(unbiased=False)))
+                            float(residual.var(unbiased=False)), float(returns.var(unbiased=False)),
+                            rollout.tape.active_units())
     return loss, terms
 
 
@@ -408,7 +410,7 @@ def _mean_stats(stats: list[UpdateStats]) -> dict[str, float]:
     # may barely vary.
     return_variance = mean("return_variance")
     explained = 1.0 - mean("residual_variance") / return_variance if return_variance > 0 else math.nan
-    return {**{name: mean(name) for name in ("policy_loss", "value_loss", "entropy", "grad_norm")},
+    return {**{name: mean(name) for name in ("policy_loss", "value_loss", "entropy", "grad_norm", "active_units")},
             "explained_variance": explained}
 
 

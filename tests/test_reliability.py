@@ -17,7 +17,7 @@ import torch
 from a3c.checkpoint import RunWriteError, load_checkpoint, save_checkpoint
 from a3c.cli import main
 from a3c.config import Config
-from a3c.model import build_model
+from a3c.model import bind_flat_parameters, build_model
 from a3c.shared import SharedTraining
 from a3c.trainer import Trainer
 from a3c.worker import Worker, seed_stream
@@ -147,6 +147,20 @@ def test_a_nan_gradient_never_reaches_the_shared_model():
     assert torch.equal(shared.params, before)
     assert torch.isfinite(shared.params).all()
     assert float(shared.optimizer.steps[0]) == 0
+
+
+@pytest.mark.parametrize("dead", [True, False])
+def test_a_run_whose_network_died_stops_with_a_clear_error(tmp_path, capsys, dead):
+    config = Config(env_id="ALE/Pong-v5", workers=1, envs_per_worker=1, total_frames=16_000, eval_interval=600,
+                    eval_episodes=1, max_episode_frames=400, runs_dir=str(tmp_path), run_name="run")
+    trainer = Trainer(config)
+    if dead:  # every unit of the body's last layer below zero on every observation, as in a collapsed run
+        model = build_model(config, trainer.obs_shape, trainer.n_actions)
+        bind_flat_parameters(model, trainer.shared.params)
+        model.hidden[-1].bias.data.fill_(-1e4)
+    assert trainer.run() == (1 if dead else 0)
+    assert ("error: the network died" in capsys.readouterr().err) == dead
+    assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists() != dead  # a failed run writes nothing
 
 
 class _ExplodingTensor:

@@ -140,7 +140,7 @@ def test_the_explained_variance_is_that_of_the_reported_updates_returns():
     assert terms.return_variance == pytest.approx(float(returns.var(unbiased=False)), rel=1e-5)
     assert terms.residual_variance == pytest.approx(float((returns - rollout.values).var(unbiased=False)), rel=1e-4)
     # Pooled over the report's updates, not a mean of each update's ratio.
-    other = UpdateStats(0.0, 0.0, 0.0, 1.0, True, residual_variance=1.0, return_variance=3.0)
+    other = UpdateStats(0.0, 0.0, 0.0, 1.0, True, residual_variance=1.0, return_variance=3.0, active_units=1.0)
     pooled = 1 - (terms.residual_variance + 1.0) / (terms.return_variance + 3.0)
     assert _mean_stats([terms, other])["explained_variance"] == pytest.approx(pooled)
     assert np.isnan(_mean_stats([replace(other, residual_variance=0.0, return_variance=0.0)])["explained_variance"])
