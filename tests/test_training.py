@@ -110,8 +110,9 @@ def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm, act
     # The dead-unit diagnostic reads the same checkpoint: per body layer, units ever positive.
     script = Path(__file__).resolve().parents[1] / "scripts" / "dead_units.py"
     result = subprocess.run([sys.executable, str(script), str(run_dir / "checkpoints" / "latest.pt"),
-                             "--frames", "50"], check=False, capture_output=True, text=True, timeout=300)
+                             "--frames", "50", "--detail"], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert re.findall(r"layer (\d): mean output", result.stdout) == ["1", "2", "3"]
     counts = re.findall(r"(\d+)/(\d+)", result.stdout.split("per body layer:")[1])
     assert [int(units) for _, units in counts] == [16, 32, 256]  # mnih2013's body
     assert all(0 < int(alive) <= int(units) for alive, units in counts)
