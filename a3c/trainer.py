@@ -188,7 +188,8 @@ class Trainer:
             best = "" if self.best_score is None else f" (its mean: {self.best_score:g})"
             reason = ("the network died: no unit of its body's last layer fires on any observation of any "
                       "worker, so no gradient reaches the body and it cannot learn again; stopping. "
-                      f"checkpoints/best.pt keeps the best policy{best}")
+                      f"checkpoints/best.pt keeps the best policy{best}; to go on from it (latest.pt may hold "
+                      f"the dead network): a3c train --resume {self.run_dir / 'checkpoints' / 'best.pt'}")
             self.outcome = (EXIT_FAILED, reason)
 
     def _print(self, text: str) -> None:

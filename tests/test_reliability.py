@@ -159,7 +159,9 @@ def test_a_run_whose_network_died_stops_with_a_clear_error(tmp_path, capsys, dea
         bind_flat_parameters(model, trainer.shared.params)
         model.hidden[-1].bias.data.fill_(-1e4)
     assert trainer.run() == (1 if dead else 0)
-    assert ("error: the network died" in capsys.readouterr().err) == dead
+    error = capsys.readouterr().err
+    assert ("error: the network died" in error) == dead
+    assert (f"--resume {tmp_path / 'run' / 'checkpoints' / 'best.pt'}" in error) == dead
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists() != dead  # a failed run writes nothing
 
 
