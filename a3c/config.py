@@ -107,8 +107,8 @@ class Config:
     activation: str = field(default="relu", metadata=_help(
         "the conv bodies' activation: relu, or elu (as ikostrikov/pytorch-a3c and universe-starter-agent: "
         "below zero its gradient is small rather than none, so units do not stop learning as most ReLU units "
-        "of a trained network do; but with it KungFuMaster's policy collapsed, docs/benchmarks.md); the mlp "
-        "body uses tanh"))
+        "of a trained network do; but with it KungFuMaster's policy collapsed, and Pong's for a while, "
+        "docs/benchmarks.md); the mlp body uses tanh"))
     lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
     mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
     precision: str = field(default="auto", metadata=_help(
