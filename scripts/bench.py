@@ -34,7 +34,7 @@ import torch
 import torch.multiprocessing as mp
 
 from a3c.checkpoint import load_checkpoint
-from a3c.config import PRECISIONS, Config
+from a3c.config import FRAME_NORMS, PRECISIONS, Config
 from a3c.envs import AtariEnv, make_env
 from a3c.trainer import RemoteFactory, Trainer
 
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lstm", action="store_true")
     parser.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS,
                         help="number format of the network passes (default: auto)")
+    parser.add_argument("--frame-norm", nargs="+", choices=FRAME_NORMS,
+                        help="what the network sees of a frame (default: the default's, or the checkpoint's)")
     parser.add_argument("--train-only", action="store_true",
                         help="measure training alone, not the env-only and raw emulator rates")
     parser.add_argument("--from-checkpoint", metavar="PATH",
@@ -139,16 +141,19 @@ def main(argv: list[str] | None = None) -> None:
     start = None if args.from_checkpoint is None else load_checkpoint(args.from_checkpoint)
     base = Config(env_id=args.env_id, lstm=args.lstm) if start is None else Config.from_saved(start["config"])
     records = []
-    header = f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}"
+    header = f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'frames':>11} {'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}"
     print(header, flush=True)
     for workers in args.workers:
         env_fps = None if args.train_only else env_only_fps(base, workers, False, args.warmup, args.seconds)
         raw_fps = None if args.train_only or not base.is_atari else env_only_fps(base, workers, True, args.warmup,
                                                                                  args.seconds)
-        for envs, precision in itertools.product(args.envs_per_worker, args.precision):
-            config = replace(base, workers=workers, envs_per_worker=envs, precision=precision, run_name=None)
+        for envs, precision, frame_norm in itertools.product(args.envs_per_worker, args.precision,
+                                                             args.frame_norm or [base.frame_norm]):
+            config = replace(base, workers=workers, envs_per_worker=envs, precision=precision,
+                             frame_norm=frame_norm, run_name=None)
             fps = train_fps(config, args.warmup, args.seconds, start=start)
             record = {"workers": workers, "envs_per_worker": envs, "precision": config.network_precision,
+                      "frame_norm": frame_norm,
                       "train_fps": round(fps, 1),
                       "env_only_fps": None if env_fps is None else round(env_fps, 1),
                       "ratio": None if env_fps is None else round(fps / env_fps, 3),
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             records.append(record)
             raw_text = "-" if raw_fps is None else f"{raw_fps:,.0f}"
             env_text, ratio_text = ("-", "-") if env_fps is None else (f"{env_fps:,.0f}", f"{fps / env_fps:.2f}")
-            print(f"{workers:>7} {envs:>11} {config.network_precision:>9} {fps:>10,.0f} {env_text:>12} "
+            print(f"{workers:>7} {envs:>11} {config.network_precision:>9} {frame_norm:>11} {fps:>10,.0f} {env_text:>12} "
                   f"{ratio_text:>6} {raw_text:>11}", flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import torch
 
 from a3c.config import Config, ConfigError
 from a3c.envs import make_env
-from a3c.model import ActorCritic, bind_flat_parameters, build_model
+from a3c.model import STANDARDIZE_EPS, ActorCritic, bind_flat_parameters, build_model
 from a3c.replay import ReplayTape
 
 
@@ -87,6 +87,27 @@ def test_the_tutorial_body_matches_the_seed_tutorial_network():
         (4, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (2, 2)), (32, 32, (3, 3), (2, 2))]
     (fc,) = model.hidden
     assert (fc.in_features, fc.out_features) == (512, 128)  # the seed's fc 512->128
+
+
+@pytest.mark.parametrize("frame_norm", ["scale", "standardize"])
+def test_the_body_sees_frames_scaled_or_standardized_per_observation(frame_norm):
+    model = ActorCritic((4, 42, 42), 5, "tutorial", frame_norm=frame_norm)
+    obs = torch.randint(0, 256, (3, 4, 42, 42), dtype=torch.uint8)
+    obs[1] //= 4  # a darker, flatter observation
+    obs[2] = 87  # a blank one, as a game's first frames can be
+    tape = ReplayTape(model, steps=1, batch=3, dtype=torch.float32)
+    tape.start()
+    recorded_logits, _, _ = tape.act(obs, None)
+    scaled = obs.double() / 255
+    if frame_norm == "scale":
+        expected = scaled
+    else:  # each observation less its own mean, over its own standard deviation (a few grey levels added)
+        flat = scaled.flatten(1)
+        deviation = flat.std(1, correction=0, keepdim=True)
+        expected = ((flat - flat.mean(1, keepdim=True)) / (deviation + STANDARDIZE_EPS)).view_as(scaled)
+    torch.testing.assert_close(tape.inputs().double(), expected, rtol=1e-5, atol=1e-5)
+    # Acting unrecorded (the evaluator, the bootstrap values) sees the same inputs.
+    torch.testing.assert_close(model(obs)[0], recorded_logits)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

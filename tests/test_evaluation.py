@@ -169,13 +169,16 @@ def test_a_configuration_saved_by_an_earlier_version_keeps_its_meaning(tmp_path,
 
 
 def test_a_saved_run_without_later_settings_keeps_the_network_optimizer_and_episodes_it_had():
-    # Runs saved before `activation`, `optimizer` and `terminal_on_life_loss` existed trained ReLU
-    # networks with Adam on episodes that only game over ended; read back (to resume or evaluate),
-    # they stay so whatever today's defaults. New settings without them take today's defaults.
+    # Runs saved before `activation`, `optimizer`, `terminal_on_life_loss` and `frame_norm` existed
+    # trained ReLU networks on frames scaled to [0, 1] with Adam, on episodes that only game over
+    # ended; read back (to resume or evaluate), they stay so whatever today's defaults. New settings
+    # without them take today's defaults.
     saved = Config().to_dict()
-    del saved["activation"], saved["optimizer"], saved["terminal_on_life_loss"]
+    del saved["activation"], saved["optimizer"], saved["terminal_on_life_loss"], saved["frame_norm"]
     config = Config.from_saved(saved)
     assert (config.activation, config.optimizer, config.terminal_on_life_loss) == ("relu", "adam", False)
+    assert config.frame_norm == "scale"
+    assert Config.from_saved({**saved, "frame_norm": "standardize"}).frame_norm == "standardize"
     assert Config.from_saved({**saved, "activation": "elu", "optimizer": "rmsprop"}).activation == "elu"
     assert Config.from_saved({**saved, "terminal_on_life_loss": True}).terminal_on_life_loss is True
     fresh = Config.from_dict(saved)

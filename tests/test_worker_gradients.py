@@ -90,13 +90,14 @@ def assert_same_gradient(received: torch.Tensor, reference: torch.Tensor, precis
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("lstm", [False, True], ids=["feedforward", "lstm"])
-@pytest.mark.parametrize("envs,env_id,activation", [
-    (1, "CartPole-v1", "relu"), (3, "CartPole-v1", "relu"), (1, "ALE/KungFuMaster-v5", "relu"),
-    (3, "ALE/KungFuMaster-v5", "relu"), (3, "ALE/KungFuMaster-v5", "elu")],
-    ids=["mlp", "mlp-several-envs", "conv", "conv-several-envs", "conv-elu"])
-def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, activation, precision):
+@pytest.mark.parametrize("envs,env_id,activation,frame_norm", [
+    (1, "CartPole-v1", "relu", "scale"), (3, "CartPole-v1", "relu", "scale"),
+    (1, "ALE/KungFuMaster-v5", "relu", "scale"), (3, "ALE/KungFuMaster-v5", "relu", "scale"),
+    (3, "ALE/KungFuMaster-v5", "elu", "scale"), (3, "ALE/KungFuMaster-v5", "relu", "standardize")],
+    ids=["mlp", "mlp-several-envs", "conv", "conv-several-envs", "conv-elu", "conv-standardized"])
+def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, activation, frame_norm, precision):
     config = Config(env_id=env_id, workers=1, t_max=8, lstm=lstm, lr=1e-2, envs_per_worker=envs,
-                    activation=activation, precision=precision,
+                    activation=activation, frame_norm=frame_norm, precision=precision,
                     max_grad_norm=1e9)  # no clipping: the raw gradient is compared
     obs_shape, n_actions = env_spaces(config)
     model = build_model(config, obs_shape, n_actions)
@@ -207,9 +208,10 @@ def test_the_default_learning_rate_falls_with_the_square_root_of_the_workers():
     ("ALE/KungFuMaster-v5", 4, "float32"), ("ALE/KungFuMaster-v5", 1, "float32"),
     ("ALE/KungFuMaster-v5", 4, "bfloat16"), ("CartPole-v1", 4, "float32")])
 def test_the_tape_holds_exactly_the_observations_the_environments_returned(env_id, frame_stack, precision):
-    # Image frames reach the tape through cv2 (channels-last) and are scaled on the way in.
+    # Image frames reach the tape through cv2 (channels-last) and are scaled on the way in (only
+    # scaled here, to compare exactly; test_envs_and_model checks the standardised inputs).
     config = Config(env_id=env_id, workers=1, envs_per_worker=2, t_max=6,
-                    frame_stack=frame_stack, precision=precision)
+                    frame_stack=frame_stack, precision=precision, frame_norm="scale")
     envs = config.envs_per_worker
     obs_shape, n_actions = env_spaces(config)
     shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
