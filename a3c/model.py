@@ -13,7 +13,7 @@ from a3c.config import Config
 LstmState = tuple[torch.Tensor, torch.Tensor]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # Config's number formats
 # Added to an observation's standard deviation (frame_norm standardize), on the [0, 1] scale: a few
-# grey levels, where Atari frames measured 0.14-0.25; a blank frame comes out all zeros.
+# grey levels, where Atari frames measured 0.14-0.25; a blank frame comes out near zero.
 STANDARDIZE_EPS = 1e-2
 
 
@@ -182,8 +182,8 @@ def _standardizing(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scales.append(scale)
         shifts.append(mean * scale)
     shape = (-1, 1, 1, 1)
-    return (torch.tensor(scales, dtype=pixels.dtype).view(shape),
-            torch.tensor(shifts, dtype=pixels.dtype).view(shape))
+    return (torch.tensor(scales, dtype=pixels.dtype, device=pixels.device).view(shape),
+            torch.tensor(shifts, dtype=pixels.dtype, device=pixels.device).view(shape))
 
 
 def setup_cpu_compute() -> None:
