@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -108,6 +112,18 @@ def test_the_body_sees_frames_scaled_or_standardized_per_observation(frame_norm)
     torch.testing.assert_close(tape.inputs().double(), expected, rtol=1e-5, atol=1e-5)
     # Acting unrecorded (the evaluator, the bootstrap values) sees the same inputs.
     torch.testing.assert_close(model(obs)[0], recorded_logits)
+
+
+def test_frame_stats_reports_a_games_pixel_statistics_and_the_standardizing_gain():
+    script = Path(__file__).resolve().parents[1] / "scripts" / "frame_stats.py"
+    result = subprocess.run([sys.executable, str(script), "--env-id", "ALE/Pong-v5", "--frames", "40"],
+                            check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    fields = result.stdout.splitlines()[-1].split()
+    assert fields[0] == "ALE/Pong-v5"
+    low, high, mean, std, gain = (float(fields[i]) for i in (1, 2, 3, 6, 9))
+    assert 0 <= low < mean < high <= 1 and 0 < std < 0.5
+    assert gain == pytest.approx(1 / (std + STANDARDIZE_EPS), rel=0.05)  # a mean of ratios, near the ratio
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
