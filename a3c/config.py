@@ -115,8 +115,8 @@ class Config:
         "what the conv body sees of an observation's pixels: scale (divided by 255, as DQN, A2C and PPO) "
         "or standardize (then less the observation's mean, over its standard deviation: inputs of unit "
         "scale whatever the game's colours, near what ikostrikov/pytorch-a3c's running normalisation "
-        "gives; Pong learned in a third of the frames and KungFuMaster faster early, Breakout slower, "
-        "docs/benchmarks.md)"))
+        "gives; Pong learned in a third of the frames, KungFuMaster's training led but not its evaluation, "
+        "Breakout stayed near random play for millions of frames, docs/benchmarks.md)"))
     lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
     mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
     precision: str = field(default="auto", metadata=_help(

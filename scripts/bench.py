@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     start = None if args.from_checkpoint is None else load_checkpoint(args.from_checkpoint)
     base = Config(env_id=args.env_id, lstm=args.lstm) if start is None else Config.from_saved(start["config"])
     records = []
-    header = f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'frames':>11} {'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}"
+    header = f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'frame norm':>11} {'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}"
     print(header, flush=True)
     for workers in args.workers:
         env_fps = None if args.train_only else env_only_fps(base, workers, False, args.warmup, args.seconds)
