@@ -23,7 +23,7 @@ REWARD_TRANSFORMS = ("auto", "clip", "scale", "normalize")
 BODIES = ("auto", "mnih2013", "mnih2015", "tutorial", "mlp")
 OPTIMIZERS = ("adam", "rmsprop")
 ACTIVATIONS = ("relu", "elu")
-FRAME_NORMS = ("scale", "standardize")
+FRAME_NORMS = ("scale", "standardize", "background")
 # Names that earlier versions wrote into config.json and checkpoints, read as their new names.
 RENAMED_BODIES = {"seed": "tutorial", "nature": "mnih2013"}
 # Settings that earlier versions did not save, with the value their runs had (Config.from_saved).
@@ -112,11 +112,13 @@ class Config:
         "of a trained network do; but with it KungFuMaster's policy collapsed, and Pong's for a while, "
         "docs/benchmarks.md); the mlp body uses tanh"))
     frame_norm: str = field(default="scale", metadata=_help(
-        "what the conv body sees of an observation's pixels: scale (divided by 255, as DQN, A2C and PPO) "
-        "or standardize (then less the observation's mean, over its standard deviation: inputs of unit "
+        "what the conv body sees of an observation's pixels: scale (divided by 255, as DQN, A2C and PPO), "
+        "standardize (then less the observation's mean, over its standard deviation: inputs of unit "
         "scale whatever the game's colours, near what ikostrikov/pytorch-a3c's running normalisation "
         "gives; Pong learned in a third of the frames, KungFuMaster's training led but not its evaluation, "
-        "Breakout stayed near random play for millions of frames, docs/benchmarks.md)"))
+        "Breakout stayed near random play for millions of frames) or background (the same gain, less the "
+        "observation's commonest pixel value, its background, so that an empty screen is zero as when "
+        "scaled; docs/benchmarks.md)"))
     lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
     mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
     precision: str = field(default="auto", metadata=_help(

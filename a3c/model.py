@@ -12,8 +12,8 @@ from a3c.config import Config
 
 LstmState = tuple[torch.Tensor, torch.Tensor]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # Config's number formats
-# Added to an observation's standard deviation (frame_norm standardize), on the [0, 1] scale: a few
-# grey levels, where Atari frames measured 0.14-0.25; a blank frame comes out near zero.
+# Added to an observation's standard deviation (frame_norm standardize or background), on the [0, 1]
+# scale: a few grey levels, where Atari frames measured 0.14-0.25; a blank frame comes out near zero.
 STANDARDIZE_EPS = 1e-2
 
 
@@ -45,8 +45,8 @@ def bias_of(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
 class ActorCritic(nn.Module):
     """Maps observations (and an LSTM state) to policy logits and a state value.
 
-    uint8 image observations are scaled to [0, 1] (and with frame_norm standardize, standardised)
-    inside, so workers keep frames in uint8.
+    uint8 image observations are scaled to [0, 1] (or, with frame_norm standardize or background,
+    centred and amplified per observation) inside, so workers keep frames in uint8.
     The body calls the functional ops directly: a worker runs it once per step on a few frames,
     where nn.Module call overhead was about a fifth of the time.
     """
@@ -58,7 +58,7 @@ class ActorCritic(nn.Module):
         self.obs_shape = tuple(obs_shape)
         self.n_actions = n_actions
         self.is_image = body != "mlp"
-        self.standardize = self.is_image and frame_norm == "standardize"
+        self.frame_norm = frame_norm if self.is_image else "none"  # vector observations go in as they are
         self.activation = activation if self.is_image else "tanh"
         if self.is_image:
             self.convs, self.features = _conv_layers(body, obs_shape[0])
@@ -128,11 +128,11 @@ class ActorCritic(nn.Module):
             x = obs.contiguous(memory_format=torch.channels_last).to(dtype, copy=True)
         else:
             x = obs.to(dtype)
-        if self.standardize:  # in place, as the scaling below, so into the tape too
-            scale, shift = _standardizing(x)
-            x.mul_(scale).sub_(shift)
-        elif self.is_image:  # a copy then in-place scaling: half the time of a mixed uint8-by-float multiply
+        if self.frame_norm == "scale":  # a copy then in-place scaling: half the time of a mixed uint8-by-float multiply
             x.mul_(1.0 / 255.0)
+        elif self.frame_norm != "none":  # in place, as the scaling, so into the tape too
+            scale, shift = _standardizing(x, _commonest_values(obs) if self.frame_norm == "background" else None)
+            x.mul_(scale).sub_(shift)
         for i, (layer, (weight, bias)) in enumerate(zip(self.body_layers(), weights, strict=True)):
             if isinstance(layer, nn.Conv2d):
                 x = F.conv2d(x, weight, bias, layer.stride)
@@ -168,22 +168,33 @@ class ActorCritic(nn.Module):
         return self.core(self.encode(obs), state)
 
 
-def _standardizing(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _standardizing(pixels: torch.Tensor, centres: list[int] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per observation of a batch of frames (pixel values 0-255, any layout and format): the factor
-    and the offset that make it (pixels / 255 - mean) / (std + STANDARDIZE_EPS). From the sum and
-    the sum of squares in float32, the rest in Python: torch.std_mean took 6 times a 4-frame batch's
-    first convolution, and each small tensor op costs more than its arithmetic here."""
+    and the offset that make it (pixels - centre) / 255 / (std + STANDARDIZE_EPS), the centre being
+    the observation's mean, or `centres` where given. From the sum and the sum of squares in
+    float32, the rest in Python: torch.std_mean took 6 times a 4-frame batch's first convolution,
+    and each small tensor op costs more than its arithmetic here."""
     flat = pixels.permute(0, 2, 3, 1).reshape(len(pixels), -1).float()  # a view of channels-last frames
     count = flat.shape[1]
     scales, shifts = [], []
-    for total, norm in zip(flat.sum(1).tolist(), torch.linalg.vector_norm(flat, dim=1).tolist(), strict=True):
+    sums, norms = flat.sum(1).tolist(), torch.linalg.vector_norm(flat, dim=1).tolist()
+    for i, (total, norm) in enumerate(zip(sums, norms, strict=True)):
         mean = total / count
         scale = 1.0 / (math.sqrt(max(norm * norm / count - mean * mean, 0.0)) + 255.0 * STANDARDIZE_EPS)
         scales.append(scale)
-        shifts.append(mean * scale)
+        shifts.append((mean if centres is None else centres[i]) * scale)
     shape = (-1, 1, 1, 1)
     return (torch.tensor(scales, dtype=pixels.dtype, device=pixels.device).view(shape),
             torch.tensor(shifts, dtype=pixels.dtype, device=pixels.device).view(shape))
+
+
+def _commonest_values(pixels: torch.Tensor) -> list[int]:
+    """The commonest pixel value (0-255) of each observation of a uint8 batch, the lowest of a tie:
+    a game's background. A histogram of 256 bins per observation (torch.mode sorts, and cost a
+    quarter of a worker's frames per second)."""
+    counts = torch.stack([torch.bincount(observation.reshape(-1), minlength=256) for observation in pixels])
+    return counts.argmax(1).tolist()  # argmax takes the first of equal counts
 
 
 def setup_cpu_compute() -> None:

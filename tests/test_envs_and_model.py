@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import subprocess
 import sys
 from pathlib import Path
@@ -93,22 +94,28 @@ def test_the_tutorial_body_matches_the_seed_tutorial_network():
     assert (fc.in_features, fc.out_features) == (512, 128)  # the seed's fc 512->128
 
 
-@pytest.mark.parametrize("frame_norm", ["scale", "standardize"])
+@pytest.mark.parametrize("frame_norm", ["scale", "standardize", "background"])
 def test_the_body_sees_frames_scaled_or_standardized_per_observation(frame_norm):
     model = ActorCritic((4, 42, 42), 5, "tutorial", frame_norm=frame_norm)
-    obs = torch.randint(0, 256, (3, 4, 42, 42), dtype=torch.uint8)
+    obs = torch.randint(0, 256, (4, 4, 42, 42), dtype=torch.uint8)
     obs[1] //= 4  # a darker, flatter observation
     obs[2] = 87  # a blank one, as a game's first frames can be
-    tape = ReplayTape(model, steps=1, batch=3, dtype=torch.float32)
+    obs[3, :, 10:] = 30  # a game's screen: a background of one colour, under noisy sprites above
+    tape = ReplayTape(model, steps=1, batch=4, dtype=torch.float32)
     tape.start()
     recorded_logits, _, _ = tape.act(obs, None)
     scaled = obs.double() / 255
+    flat = scaled.flatten(1)
+    deviation = flat.std(1, correction=0, keepdim=True)
     if frame_norm == "scale":
         expected = scaled
-    else:  # each observation less its own mean, over its own standard deviation (a few grey levels added)
-        flat = scaled.flatten(1)
-        deviation = flat.std(1, correction=0, keepdim=True)
+    elif frame_norm == "standardize":  # each observation less its own mean, over its own standard deviation
         expected = ((flat - flat.mean(1, keepdim=True)) / (deviation + STANDARDIZE_EPS)).view_as(scaled)
+    else:  # less its commonest value (the lowest of a tie), with the same gain
+        counts = [collections.Counter(observation.flatten().tolist()) for observation in obs]
+        commonest = torch.tensor([max(sorted(c), key=c.__getitem__) for c in counts], dtype=torch.float64)
+        assert commonest[2:].tolist() == [87, 30]
+        expected = ((flat - commonest.unsqueeze(1) / 255) / (deviation + STANDARDIZE_EPS)).view_as(scaled)
     torch.testing.assert_close(tape.inputs().double(), expected, rtol=1e-5, atol=1e-5)
     # Acting unrecorded (the evaluator, the bootstrap values) sees the same inputs.
     torch.testing.assert_close(model(obs)[0], recorded_logits)

@@ -93,8 +93,9 @@ def assert_same_gradient(received: torch.Tensor, reference: torch.Tensor, precis
 @pytest.mark.parametrize("envs,env_id,activation,frame_norm", [
     (1, "CartPole-v1", "relu", "scale"), (3, "CartPole-v1", "relu", "scale"),
     (1, "ALE/KungFuMaster-v5", "relu", "scale"), (3, "ALE/KungFuMaster-v5", "relu", "scale"),
-    (3, "ALE/KungFuMaster-v5", "elu", "scale"), (3, "ALE/KungFuMaster-v5", "relu", "standardize")],
-    ids=["mlp", "mlp-several-envs", "conv", "conv-several-envs", "conv-elu", "conv-standardized"])
+    (3, "ALE/KungFuMaster-v5", "elu", "scale"), (3, "ALE/KungFuMaster-v5", "relu", "standardize"),
+    (3, "ALE/KungFuMaster-v5", "relu", "background")],
+    ids=["mlp", "mlp-several-envs", "conv", "conv-several-envs", "conv-elu", "conv-standardized", "conv-background"])
 def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, activation, frame_norm, precision):
     config = Config(env_id=env_id, workers=1, t_max=8, lstm=lstm, lr=1e-2, envs_per_worker=envs,
                     activation=activation, frame_norm=frame_norm, precision=precision,
