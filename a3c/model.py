@@ -131,7 +131,7 @@ class ActorCritic(nn.Module):
         if self.frame_norm == "scale":  # a copy then in-place scaling: half the time of a mixed uint8-by-float multiply
             x.mul_(1.0 / 255.0)
         elif self.frame_norm != "none":  # in place, as the scaling, so into the tape too
-            scale, shift = _standardizing(x, _commonest_values(obs) if self.frame_norm == "background" else None)
+            scale, shift = _standardizing(x, commonest_values(obs) if self.frame_norm == "background" else None)
             x.mul_(scale).sub_(shift)
         for i, (layer, (weight, bias)) in enumerate(zip(self.body_layers(), weights, strict=True)):
             if isinstance(layer, nn.Conv2d):
@@ -189,7 +189,7 @@ def _standardizing(pixels: torch.Tensor, centres: list[int] | None = None
             torch.tensor(shifts, dtype=pixels.dtype, device=pixels.device).view(shape))
 
 
-def _commonest_values(pixels: torch.Tensor) -> list[int]:
+def commonest_values(pixels: torch.Tensor) -> list[int]:
     """The commonest pixel value (0-255) of each observation of a uint8 batch, the lowest of a tie:
     a game's background. A histogram of 256 bins per observation (torch.mode sorts, and cost a
     quarter of a worker's frames per second)."""

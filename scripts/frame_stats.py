@@ -1,10 +1,12 @@
 """What the network's input looks like in a game: the per-observation pixel statistics of N frames
-of random play (on the [0, 1] scale), and what `--frame-norm standardize` makes of them.
+of random play (on the [0, 1] scale), and what `--frame-norm standardize` and `background` make of them.
 
     python scripts/frame_stats.py --env-id ALE/Pong-v5 ALE/Breakout-v5 ALE/KungFuMaster-v5 [--frames 3000]
 
 If an observation's mean and standard deviation hardly vary within a game, standardising each
-observation is, in effect, one fixed affine transform for the game: a shift and a gain.
+observation is, in effect, one fixed affine transform for the game: a shift and a gain. "0 becomes"
+is what a black pixel becomes when standardised; "background" is the commonest pixel value, which
+`--frame-norm background` subtracts in place of the mean.
 """
 
 from __future__ import annotations
@@ -18,20 +20,23 @@ from dead_units import random_play
 
 from a3c.config import Config
 from a3c.envs import env_spaces
-from a3c.model import STANDARDIZE_EPS
+from a3c.model import STANDARDIZE_EPS, commonest_values
 
 
 def frame_stats(env_id: str, frames: int, seed: int = 0) -> dict[str, float]:
     """Means over `frames` observations (and spread across them) of each one's statistics."""
     config = Config(env_id=env_id)
     _, n_actions = env_spaces(config)
-    pixels = random_play(config, n_actions, frames, seed).flatten(1).double() / 255.0
+    observations = random_play(config, n_actions, frames, seed)
+    backgrounds = torch.tensor(commonest_values(observations), dtype=torch.float64) / 255.0
+    pixels = observations.flatten(1).double() / 255.0
     means, stds = pixels.mean(1), pixels.std(1, correction=0)
     gains = 1.0 / (stds + STANDARDIZE_EPS)
     return {"min": pixels.min(1).values.mean().item(), "max": pixels.max(1).values.mean().item(),
             "mean": means.mean().item(), "mean_spread": means.std().item(),
             "std": stds.mean().item(), "std_spread": stds.std().item(),
-            "gain": gains.mean().item(), "zero_after": (-means * gains).mean().item()}
+            "gain": gains.mean().item(), "zero_after": (-means * gains).mean().item(),
+            "background": backgrounds.mean().item(), "background_spread": backgrounds.std().item()}
 
 
 def main() -> None:
@@ -41,11 +46,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{'game':24s} {'min':>6s} {'max':>6s} {'mean':>14s} {'std':>14s} {'gain':>6s} {'0 becomes':>10s}")
+    print(f"{'game':24s} {'min':>6s} {'max':>6s} {'mean':>14s} {'std':>14s} {'gain':>6s} {'0 becomes':>10s} {'background':>14s}")
     for env_id in args.env_id:
         s = frame_stats(env_id, args.frames, args.seed)
         print(f"{env_id:24s} {s['min']:6.3f} {s['max']:6.3f} {s['mean']:7.3f} ± {s['mean_spread']:.3f} "
-              f"{s['std']:7.3f} ± {s['std_spread']:.3f} {s['gain']:6.2f} {s['zero_after']:10.2f}")
+              f"{s['std']:7.3f} ± {s['std_spread']:.3f} {s['gain']:6.2f} {s['zero_after']:10.2f} "
+              f"{s['background']:7.3f} ± {s['background_spread']:.3f}")
 
 
 if __name__ == "__main__":

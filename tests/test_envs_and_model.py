@@ -128,9 +128,10 @@ def test_frame_stats_reports_a_games_pixel_statistics_and_the_standardizing_gain
     assert result.returncode == 0, result.stderr
     fields = result.stdout.splitlines()[-1].split()
     assert fields[0] == "ALE/Pong-v5"
-    low, high, mean, std, gain = (float(fields[i]) for i in (1, 2, 3, 6, 9))
+    low, high, mean, std, gain, background = (float(fields[i]) for i in (1, 2, 3, 6, 9, 11))
     assert 0 <= low < mean < high <= 1 and 0 < std < 0.5
     assert gain == pytest.approx(1 / (std + STANDARDIZE_EPS), rel=0.05)  # a mean of ratios, near the ratio
+    assert background == pytest.approx(87 / 255, abs=0.01)  # Pong's brown field
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
