@@ -111,14 +111,14 @@ class Config:
         "below zero its gradient is small rather than none, so units do not stop learning as most ReLU units "
         "of a trained network do; but with it KungFuMaster's policy collapsed, and Pong's for a while, "
         "docs/benchmarks.md); the mlp body uses tanh"))
-    frame_norm: str = field(default="scale", metadata=_help(
-        "what the conv body sees of an observation's pixels: scale (divided by 255, as DQN, A2C and PPO), "
-        "standardize (then less the observation's mean, over its standard deviation: inputs of unit "
-        "scale whatever the game's colours, near what ikostrikov/pytorch-a3c's running normalisation "
-        "gives; Pong learned in a third of the frames, KungFuMaster's training led but not its evaluation, "
-        "Breakout stayed near random play for millions of frames) or background (the same gain, less the "
-        "observation's commonest pixel value, its background, so that an empty screen is zero as when "
-        "scaled: Pong reached 18.9 at 3.6 M frames with it; docs/benchmarks.md)"))
+    frame_norm: str = field(default="background", metadata=_help(
+        "what the conv body sees of an observation's pixels: background (less the observation's "
+        "commonest pixel value, its background, over its standard deviation: an empty screen is zero, "
+        "every change on it amplified 4 to 6 times; Pong reached 18.9 at 3.6 M frames with it, where "
+        "scaled frames had -19.8 at 4 M), scale (divided by 255, as DQN, A2C and PPO, and this "
+        "trainer before commit X) or standardize (less the observation's mean, over its standard "
+        "deviation, near what ikostrikov/pytorch-a3c's running normalisation gives: Breakout stayed near "
+        "random play for millions of frames); docs/benchmarks.md"))
     lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
     mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
     precision: str = field(default="auto", metadata=_help(

@@ -182,6 +182,6 @@ def test_a_saved_run_without_later_settings_keeps_the_network_optimizer_and_epis
     assert Config.from_saved({**saved, "activation": "elu", "optimizer": "rmsprop"}).activation == "elu"
     assert Config.from_saved({**saved, "terminal_on_life_loss": True}).terminal_on_life_loss is True
     fresh = Config.from_dict(saved)
-    assert (fresh.activation, fresh.optimizer, fresh.terminal_on_life_loss) == (
-        Config().activation, Config().optimizer, Config().terminal_on_life_loss)
-    assert Config().terminal_on_life_loss is True
+    assert (fresh.activation, fresh.optimizer, fresh.terminal_on_life_loss, fresh.frame_norm) == (
+        Config().activation, Config().optimizer, Config().terminal_on_life_loss, Config().frame_norm)
+    assert (Config().terminal_on_life_loss, Config().frame_norm) == (True, "background")
