@@ -116,7 +116,7 @@ class Config:
         "commonest pixel value, its background, over its standard deviation: an empty screen is zero, "
         "every change on it amplified 4 to 6 times; Pong reached 18.9 at 3.6 M frames with it, where "
         "scaled frames had -19.8 at 4 M), scale (divided by 255, as DQN, A2C and PPO, and this "
-        "trainer before commit X) or standardize (less the observation's mean, over its standard "
+        "trainer before commit 1346cbe) or standardize (less the observation's mean, over its standard "
         "deviation, near what ikostrikov/pytorch-a3c's running normalisation gives: Breakout stayed near "
         "random play for millions of frames); docs/benchmarks.md"))
     lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
