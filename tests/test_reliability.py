@@ -165,6 +165,23 @@ def test_a_run_whose_network_died_stops_with_a_clear_error(tmp_path, capsys, dea
     assert (tmp_path / "run" / "checkpoints" / "latest.pt").exists() != dead  # a failed run writes nothing
 
 
+def test_a_run_whose_weights_become_non_finite_stops_with_a_clear_error(tmp_path, capsys):
+    # Checked every WEIGHTS_CHECK_INTERVAL_S, not at every tick: a NaN written part way through a run
+    # still stops it, and no checkpoint of the broken weights is written.
+    config = Config(env_id="CartPole-v1", workers=1, total_frames=10_000_000, eval_interval=600,
+                    runs_dir=str(tmp_path), run_name="run")
+    trainer: Trainer
+
+    def break_the_weights(_now: float, frames: int) -> None:
+        if frames >= 2_000 and not torch.isnan(trainer.shared.params[0]):
+            trainer.shared.params[0] = float("nan")
+
+    trainer = Trainer(config, on_tick=break_the_weights)
+    assert trainer.run() == 1
+    assert "error: the shared model became non-finite (non-finite values: weights 1, exp_avg 0," in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
 class _ExplodingTensor:
     """Pickling fails part way through, as a crash in the middle of a write would."""
 
