@@ -44,8 +44,8 @@ from a3c.supervisor import POLL_S, Supervisor, one_thread_per_child
 
 WORKER_STOP_TIMEOUT_S = 30.0
 EVALUATOR_STOP_TIMEOUT_S = 600.0
-# Checking the weights copies them all (about 14 ms for the Atari network while two workers write
-# them); at every tick that took 7% of a core from the workers and the evaluator.
+# Checking the weights copies them all; at every tick (0.25 s or a message) that was most of the
+# 10.6% of a core the parent took from the workers and the evaluator (docs/benchmarks.md).
 WEIGHTS_CHECK_INTERVAL_S = 5.0
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
