@@ -114,8 +114,8 @@ class Config:
     frame_norm: str = field(default="background", metadata=_help(
         "what the conv body sees of an observation's pixels: background (less the observation's "
         "commonest pixel value, its background, over its standard deviation: an empty screen is zero, "
-        "every change on it amplified 4 to 6 times; Pong reached 18.9 at 3.6 M frames with it, where "
-        "scaled frames had -19.8 at 4 M), scale (divided by 255, as DQN, A2C and PPO, and this "
+        "every change on it amplified 4 to 6 times; Pong's last 100 training episodes averaged +13.8 at "
+        "4 M frames with it, where scaled frames had -19.8), scale (divided by 255, as DQN, A2C and PPO, and this "
         "trainer before commit 1346cbe) or standardize (less the observation's mean, over its standard "
         "deviation, near what ikostrikov/pytorch-a3c's running normalisation gives: Breakout stayed near "
         "random play for millions of frames); docs/benchmarks.md"))
