@@ -33,7 +33,7 @@ from a3c.checkpoint import (
 )
 from a3c.config import Config, ConfigError, RayOptions, validate
 from a3c.envs import env_spaces, make_env
-from a3c.evaluator import Score, evaluate_policy, resolve_device
+from a3c.evaluator import Score, evaluate_policy, evaluation_envs, resolve_device
 from a3c.model import ActorCritic, LstmState, build_model
 from a3c.trainer import EXIT_OK, RemoteFactory, Trainer
 
@@ -187,14 +187,15 @@ class Policy:
 
     def evaluate(self, episodes: int = 10, greedy: bool = False, seed: int = 0, env: gym.Env | None = None,
                  on_frame: Callable[[int, gym.Env], None] | None = None) -> Score:
-        """Play `episodes` whole episodes (episode i reset with seed + i) and score them."""
-        own_env = env is None
-        env = self.make_env() if env is None else env
+        """Play `episodes` whole episodes (episode i reset with seed + i) and score them: on `env`
+        one after another (a video's), else on environments of their own side by side."""
+        envs = evaluation_envs(self.config, episodes) if env is None else [env]
         try:
-            score = evaluate_policy(self.model, env, episodes, greedy=greedy, seed=seed, device=self.device,
+            score = evaluate_policy(self.model, envs, episodes, greedy=greedy, seed=seed, device=self.device,
                                     on_frame=on_frame)
         finally:
-            if own_env:
-                env.close()
+            if env is None:
+                for own in envs:
+                    own.close()
         assert score is not None  # only a should_stop callback cuts an evaluation short
         return score

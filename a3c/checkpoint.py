@@ -9,6 +9,7 @@ import fcntl
 import io
 import os
 import pickle
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,6 +146,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     path = Path(path)
     with writing(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent)
     import torch  # here, not at the top: `a3c plot` finds runs without loading torch
 
     # Serialised in memory first: torch.save into a file turns a full disk into an opaque
@@ -166,6 +168,59 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporary files of save_checkpoint writers that died mid-write (their pid is in
+    the name), so that a killed evaluator leaves nothing behind."""
+    for temporary in directory.glob(".*.tmp"):
+        pid = temporary.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            temporary.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a thread of its own, one at a time, so that serialising and fsyncing
+    never holds up the caller's loop (the trainer's, which also watches the children). `error`
+    keeps the first write's failure (RunWriteError's message)."""
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.error: str | None = None
+        self.written = 0  # checkpoints written so far
+
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def write(self, path: Path, payload: dict[str, Any]) -> None:
+        """Start writing `payload` to `path`; the caller waits for the previous write first."""
+        assert not self.busy()
+        self.thread = threading.Thread(target=self._write, args=(path, payload), name="a3c-checkpoint",
+                                       daemon=True)
+        self.thread.start()
+
+    def _write(self, path: Path, payload: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(path, payload)
+            self.written += 1
+        except RunWriteError as error:
+            self.error = self.error or str(error)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to `timeout` seconds for the write under way; whether none is left."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+        return not self.busy()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

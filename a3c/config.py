@@ -26,6 +26,8 @@ ACTIVATIONS = ("relu", "elu")
 FRAME_NORMS = ("scale", "standardize", "background")
 # Names that earlier versions wrote into config.json and checkpoints, read as their new names.
 RENAMED_BODIES = {"seed": "tutorial", "nature": "mnih2013"}
+# Settings that earlier versions had and this one has not: read from their files and dropped, with why.
+REMOVED = {"eval_niceness": "the evaluator takes a share of the CPU instead (eval_cpu_share)"}
 # Settings that earlier versions did not save, with the value their runs had (Config.from_saved).
 UNSAVED_BEFORE = {"activation": "relu", "optimizer": "adam", "terminal_on_life_loss": False, "frame_norm": "scale"}
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
@@ -150,19 +152,31 @@ class Config:
     value_loss_coef: float = field(default=0.5, metadata=_help("value loss weight"))
     max_grad_norm: float = field(default=50.0, metadata=_help("clip each update's gradient to this norm"))
 
-    # Evaluator and logging.
-    eval_interval: float = field(default=60.0, metadata=_help("seconds between evaluations"))
+    # Evaluator, checkpoints and supervision.
+    eval_interval: float = field(default=30.0, metadata=_help(
+        "seconds at least between the starts of two evaluations (eval_cpu_share may space them further)"))
     eval_every_frames: int | None = field(default=None, metadata=_help(
-        "also evaluate after every this many frames, whichever comes first", "off"))
-    eval_episodes: int = field(default=10, metadata=_help("episodes per evaluation"))
+        "also evaluate after every this many frames, whatever eval_interval and eval_cpu_share say", "off"))
+    eval_episodes: int = field(default=10, metadata=_help(
+        "episodes per evaluation, played side by side with one batched forward pass"))
+    eval_cpu_share: float = field(default=0.05, metadata=_help(
+        "the share of the machine's CPU time the evaluator may take on average: after an evaluation it "
+        "waits until its CPU time is within this share of the cores, so evaluations come at a steady cost "
+        "however many workers fill the cores (it runs at the workers' priority)"))
     eval_device: str = field(default="auto", metadata=_help(
         "device of the evaluator: auto (cuda when available), cuda or cpu"))
     eval_greedy: bool = field(default=False, metadata=_help(
         "evaluate with the most probable action instead of sampling from the policy; the policy that "
         "was trained is the sampled one, and its greedy version often scores far less"))
-    eval_niceness: int = field(default=10, metadata=_help(
-        "niceness added to the evaluator process (0-19): it takes the CPU the workers leave, so "
-        "that evaluating costs training little speed"))
+    checkpoint_interval: float = field(default=300.0, metadata=_help(
+        "seconds between writes of checkpoints/latest.pt from the shared weights, whatever the evaluator "
+        "does: a crash or a power cut loses at most this much training (and a signal none)"))
+    hang_timeout: float = field(default=60.0, metadata=_help(
+        "a worker that finishes no rollout, or an evaluator that plays no step, for this many seconds is "
+        "killed and replaced (start-up gets twice as long); it counts as a death (max_deaths)"))
+    stop_timeout: float = field(default=30.0, metadata=_help(
+        "after Ctrl-C or SIGTERM the run ends within this many seconds, with a final checkpoint, "
+        "even when a child is hung"))
     max_deaths: int = field(default=5, metadata=_help(
         "stop the run with an error when this many processes died within death_window seconds"))
     death_window: float = field(default=300.0, metadata=_help("see max_deaths"))
@@ -186,6 +200,9 @@ class Config:
         if "reward_clip" in values:
             clip = values.pop("reward_clip")
             values.setdefault("reward_transform", "clip" if clip else "scale")
+        for name in REMOVED.keys() & values.keys():
+            del values[name]
+            print(f"a3c: note: setting {name!r} is gone: {REMOVED[name]}", file=sys.stderr)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -280,7 +297,8 @@ def validate(config: Config) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         _positive(name, value)
-    for name in ("adam_eps", "rmsprop_eps", "eval_interval", "status_interval", "death_window"):
+    for name in ("adam_eps", "rmsprop_eps", "eval_interval", "status_interval", "death_window", "checkpoint_interval",
+                 "hang_timeout", "stop_timeout"):
         _positive(name, getattr(config, name))
     for name in ("lr", "time_limit", "eval_every_frames"):
         if getattr(config, name) is not None:
@@ -313,9 +331,8 @@ def validate(config: Config) -> None:
     if config.precision not in PRECISIONS:
         raise ConfigError(f"precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}; "
                           f"got {config.precision!r}")
-    if isinstance(config.eval_niceness, bool) or not isinstance(config.eval_niceness, int) \
-            or not 0 <= config.eval_niceness <= 19:
-        raise ConfigError(f"eval_niceness must be an integer from 0 to 19, got {config.eval_niceness!r}")
+    if not 0 < config.eval_cpu_share <= 1:
+        raise ConfigError(f"eval_cpu_share must lie in (0, 1], got {config.eval_cpu_share}")
     if config.eval_device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"eval_device must be auto, cuda or cpu; got {config.eval_device!r}")
     if config.is_atari and config.model_body == "mlp":

@@ -1,5 +1,5 @@
-"""The evaluator: plays the current shared weights on its own environment, logs the score, and
-keeps the latest and the best checkpoints. Runs on CUDA when asked and available, else on CPU."""
+"""The evaluator: plays the current shared weights on its own environments, logs the score, and
+keeps the best checkpoint. Runs on CUDA when asked and available, else on CPU."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ import torch
 from a3c.checkpoint import (
     BEST,
     CHECKPOINT_DIR,
-    LATEST,
     RunWriteError,
     checkpoint_payload,
     save_checkpoint,
@@ -39,6 +38,9 @@ from a3c.model import ActorCritic, build_model, setup_cpu_compute
 from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share seeds with the workers'
+MAX_SIDE_BY_SIDE = 16  # environments an evaluation plays at once
+STOP_CHECK_STEPS = 10
+IDLE_BEAT_S = 0.2  # between evaluations: how often the evaluator looks at the flags and beats
 
 
 @dataclass
@@ -72,39 +74,68 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def evaluation_envs(config: Config, episodes: int) -> list[gym.Env]:
+    """The environments an evaluation of `episodes` episodes plays side by side."""
+    return [make_env(config) for _ in range(min(episodes, MAX_SIDE_BY_SIDE))]
+
+
 @torch.inference_mode()
-def evaluate_policy(model: ActorCritic, env: gym.Env, episodes: int, greedy: bool = False,
+def evaluate_policy(model: ActorCritic, envs: gym.Env | Sequence[gym.Env], episodes: int, greedy: bool = False,
                     seed: int = EVAL_SEED_OFFSET, device: torch.device | str = "cpu",
                     on_frame: Callable[[int, gym.Env], None] | None = None,
                     should_stop: Callable[[], bool] | None = None) -> Score | None:
-    """Play `episodes` whole episodes; episode i is reset with seed + i, so the same weights give
-    the same score. `on_frame(episode, env)` is called after every reset and step (video).
-    Returns None if `should_stop()` turns true part way (checked every 100 steps)."""
-    returns, lengths = [], []
+    """Play `episodes` whole episodes on `envs` side by side, one batched forward pass a step: each
+    environment plays the next episode when it finishes one, and episode i is reset with seed + i,
+    so the same weights on as many environments give the same score (on one, the episodes are
+    played one after another). `on_frame(episode, env)` is called after every reset and step
+    (video). Returns None if `should_stop()`, asked every few steps, turns true part way."""
+    envs = [envs] if isinstance(envs, gym.Env) else list(envs)[:episodes]
+    returns, lengths = [0.0] * episodes, [0] * episodes
     generator = torch.Generator(device=device).manual_seed(seed)
-    for episode in range(episodes):
+    started = 0
+
+    def start(env: gym.Env) -> tuple[int, np.ndarray]:
+        nonlocal started
+        episode, started = started, started + 1
         obs, _ = env.reset(seed=seed + episode)
-        state = model.initial_state(1, device)
-        total, length = 0.0, 0
         if on_frame is not None:
             on_frame(episode, env)
-        while True:
-            logits, _, state = model(torch.as_tensor(obs, device=device).unsqueeze(0), state)
-            if greedy:
-                action = int(logits.argmax(-1))
-            else:
-                action = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+        return episode, obs
+
+    playing = [start(env) for env in envs]  # row by row: (episode, observation), on envs[row]
+    state = model.initial_state(len(envs), device)
+    step = 0
+    while envs:
+        observations = torch.as_tensor(np.stack([obs for _, obs in playing]), device=device)
+        logits, _, state = model(observations, state)
+        if greedy:
+            actions = logits.argmax(-1)
+        else:
+            actions = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+        rows: list[int] = []  # the rows that play on
+        fresh: list[int] = []  # those of them that start a new episode
+        for row, (env, action) in enumerate(zip(envs, actions.tolist(), strict=True)):
+            episode = playing[row][0]
             obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            length += 1
+            returns[episode] += float(reward)
+            lengths[episode] += 1
             if on_frame is not None:
                 on_frame(episode, env)
             if terminated or truncated:
-                break
-            if should_stop is not None and length % 100 == 0 and should_stop():
-                return None
-        returns.append(total)
-        lengths.append(length)
+                if started == episodes:
+                    continue  # this environment is done
+                fresh.append(len(rows))
+                episode, obs = start(env)
+            playing[row] = episode, obs
+            rows.append(row)
+        if len(rows) < len(envs):
+            envs, playing = [envs[r] for r in rows], [playing[r] for r in rows]
+            state = None if state is None else (state[0][rows], state[1][rows])
+        if state is not None and fresh:  # a new episode starts from a zero LSTM state
+            state[0][fresh], state[1][fresh] = 0.0, 0.0
+        step += 1
+        if should_stop is not None and step % STOP_CHECK_STEPS == 0 and should_stop():
+            return None
     return Score.of(returns, lengths)
 
 
@@ -131,65 +162,80 @@ class EvaluationLog:
 
 def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shape: tuple[int, ...],
                   n_actions: int, best_score: float | None, conn: Any, parent_pid: int) -> None:
-    """Process entry: evaluate every eval_interval seconds until the stop signal, then once more
-    after the workers have finished, writing latest.pt every time and best.pt on a new best."""
+    """Process entry: evaluate the shared weights on a schedule (eval_interval, eval_every_frames,
+    within eval_cpu_share of the machine) until the stop flag, then once more after the workers
+    have finished if the parent asks; keep best.pt, the best-scoring weights. latest.pt is the
+    parent's (Trainer), so checkpoints never wait for an evaluation."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     setup_cpu_compute()
     device = resolve_device(config.eval_device)
-    run_path = Path(run_dir)
-    checkpoints = run_path / CHECKPOINT_DIR
-    env = make_env(config)
+    best_path = Path(run_dir) / CHECKPOINT_DIR / BEST
+    envs = evaluation_envs(config, config.eval_episodes)
     model = build_model(config, obs_shape, n_actions).to(device)
     cpu_model = build_model(config, obs_shape, n_actions)  # host copy of the weights for checkpoints
+    cpu_per_second = config.eval_cpu_share * len(os.sched_getaffinity(0))
     log: EvaluationLog | None = None
 
-    def evaluate_and_checkpoint(evaluate: bool, should_stop: Callable[[], bool] | None) -> None:
+    def orphaned() -> bool:
+        return os.getppid() != parent_pid
+
+    def stop_check(on_stop_flag: bool) -> Callable[[], bool]:
+        """An evaluation's should_stop, asked every few steps; it shows the parent's watch progress too."""
+        def should_stop() -> bool:
+            shared.beat(shared.evaluator_slot)
+            return (on_stop_flag and shared.stop_requested()) or orphaned()
+        return should_stop
+
+    def evaluate(cut_short: Callable[[], bool]) -> None:
         nonlocal best_score
         frames, episodes = shared.total_frames(), shared.total_episodes()
-        # One consistent snapshot of the weights; the optimizer state is copied in the payload.
-        weights = shared.params.clone()
+        weights = shared.params.clone()  # one consistent snapshot
         if not bool(torch.isfinite(weights).all()):
             conn.send(SharedModelNonFinite(frames))  # never let a broken model overwrite a good checkpoint
             return
         torch.nn.utils.vector_to_parameters(weights, cpu_model.parameters())
-        score = None
-        if evaluate:
-            model.load_state_dict(cpu_model.state_dict())
-            score = evaluate_policy(model, env, config.eval_episodes, config.eval_greedy, device=device,
-                                    should_stop=should_stop)
-            if score is None:  # cut short by the stop signal
-                return
-            assert log is not None  # opened before the first evaluation
-            log.write(frames, episodes, shared.elapsed(), score)
-        improved = False
-        if score is not None and (best_score is None or score.mean_reward > best_score):
-            improved, best_score = True, score.mean_reward
-        payload = checkpoint_payload(config, shared, cpu_model.state_dict(), obs_shape, n_actions,
-                                     frames, episodes, None if score is None else asdict(score), best_score)
-        save_checkpoint(checkpoints / LATEST, payload)
+        model.load_state_dict(cpu_model.state_dict())
+        score = evaluate_policy(model, envs, config.eval_episodes, config.eval_greedy, device=device,
+                                should_stop=cut_short)
+        if score is None:  # cut short by the stop flag
+            return
+        assert log is not None  # opened before the first evaluation
+        log.write(frames, episodes, shared.elapsed(), score)
+        improved = best_score is None or score.mean_reward > best_score
         if improved:
-            save_checkpoint(checkpoints / BEST, payload)
-        if score is not None:
-            conn.send(Evaluated(frames, asdict(score), improved))
+            best_score = score.mean_reward
+            save_checkpoint(best_path, checkpoint_payload(
+                config, shared, cpu_model.state_dict(), obs_shape, n_actions, frames, episodes, asdict(score),
+                best_score))
+        conn.send(Evaluated(frames, asdict(score), improved))
 
     try:
-        log = EvaluationLog(run_path)
+        log = EvaluationLog(Path(run_dir))
         conn.send(EvaluatorStarted(str(device)))
-        last_time, last_frames = time.time(), shared.total_frames()
-        while not shared.wait_flag(STOP, timeout=min(config.eval_interval, 0.2)):
-            if os.getppid() != parent_pid:
+        last_frames = shared.total_frames()
+        next_due = time.monotonic() + config.eval_interval
+        while not shared.wait_flag(STOP, timeout=IDLE_BEAT_S):
+            shared.beat(shared.evaluator_slot)
+            if orphaned():
                 return
             due_by_frames = (config.eval_every_frames is not None
                              and shared.total_frames() - last_frames >= config.eval_every_frames)
-            if due_by_frames or time.time() - last_time >= config.eval_interval:
-                last_time, last_frames = time.time(), shared.total_frames()
-                evaluate_and_checkpoint(True, lambda: shared.stop_requested() or os.getppid() != parent_pid)
-        # The final checkpoint waits until every worker has made its last update. After a
-        # signal it is written at once, without the (possibly long) final evaluation.
-        while not shared.wait_flag(WORKERS_DONE, timeout=1.0):
-            if os.getppid() != parent_pid:
+            if due_by_frames or time.monotonic() >= next_due:
+                started, cpu_before = time.monotonic(), time.process_time()
+                last_frames = shared.total_frames()
+                evaluate(stop_check(on_stop_flag=True))
+                cpu_used = time.process_time() - cpu_before
+                # Rest until this evaluation's CPU time is within the share: a steady cost however
+                # busy the cores are (busy cores make it slower, not more frequent).
+                next_due = started + max(config.eval_interval, cpu_used / cpu_per_second)
+        # The parent writes the final checkpoint once every worker has made its last update, then
+        # asks for a final evaluation (at the end of the budget, not after a signal).
+        while not shared.wait_flag(WORKERS_DONE, timeout=IDLE_BEAT_S):
+            shared.beat(shared.evaluator_slot)
+            if orphaned():
                 return
-        evaluate_and_checkpoint(shared.flag(EVALUATE_AT_END), None)
+        if shared.flag(EVALUATE_AT_END):
+            evaluate(stop_check(on_stop_flag=False))
     except RunWriteError as error:  # the parent stops the run; a full disk is no fault of this process
         with contextlib.suppress(OSError):
             conn.send(WriteFailed(str(error)))
@@ -199,5 +245,6 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
     finally:
         if log is not None:
             log.close()
-        env.close()
+        for env in envs:
+            env.close()
         conn.close()

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,14 @@ from a3c.envs import env_spaces
 from a3c.messages import EpisodeFinished, LearnerStats, Message, Note, UpdateSkipped
 from a3c.model import build_model, setup_cpu_compute
 from a3c.shared import SharedTraining
-from a3c.supervisor import POLL_S, DeathLog, Supervisor, one_thread_per_child
+from a3c.supervisor import (
+    POLL_S,
+    DeathLog,
+    HangWatch,
+    Progress,
+    Supervisor,
+    one_thread_per_child,
+)
 
 CONNECT_TIMEOUT_S = 30.0
 OPTIMIZER_SYNC_S = 10.0   # how often a node sends its optimizer state, for the driver's checkpoints
@@ -164,6 +171,7 @@ class ParameterServer:
         self.optimizer_state: dict[str, Any] | None = None
         self.incarnations: dict[int, int] = {}
         self.exchanging: set[int] = set()  # groups whose current incarnation has exchanged
+        self.exchanges: dict[int, int] = {}  # exchanges accepted per group: its heartbeat
         self.stop = False
 
     def register(self, node: int, incarnation: int) -> None:
@@ -180,6 +188,7 @@ class ParameterServer:
         if self.incarnations.get(node) != incarnation:
             return None
         self.exchanging.add(node)
+        self.exchanges[node] = self.exchanges.get(node, 0) + 1
         self.params += delta
         self.frames += frames
         self.messages.extend(messages)
@@ -187,11 +196,12 @@ class ParameterServer:
             self.optimizer_state = optimizer_state
         return self.params.copy(), self.frames, self.stop
 
-    def pull(self) -> tuple[np.ndarray, int, list[Message], dict[str, Any] | None]:
-        """For the driver: the weights, frames, new messages, the newest optimizer state."""
+    def pull(self) -> tuple[np.ndarray, int, list[Message], dict[str, Any] | None, dict[int, int]]:
+        """For the driver: the weights, frames, new messages, the newest optimizer state, and each
+        group's count of exchanges."""
         messages, self.messages = self.messages, []
         optimizer_state, self.optimizer_state = self.optimizer_state, None
-        return self.params.copy(), self.frames, messages, optimizer_state
+        return self.params.copy(), self.frames, messages, optimizer_state, dict(self.exchanges)
 
     def request_stop(self) -> list[int]:
         """The groups to wait for: those running. A replacement still waiting for a place (its node's
@@ -254,7 +264,7 @@ class NodeGroup:
             next_exchange = time.monotonic() + self.interval
             while True:
                 supervisor.drain(min(POLL_S, max(0.0, next_exchange - time.monotonic())))
-                supervisor.replace_dead()
+                supervisor.supervise()
                 if supervisor.failure is not None:
                     raise RuntimeError(supervisor.failure)
                 finished = all(c.process.exitcode is not None for c in supervisor.workers())
@@ -263,7 +273,7 @@ class NodeGroup:
                     next_exchange = time.monotonic() + self.interval
                     if stop or finished:
                         break
-            supervisor.stop_workers(NODE_STOP_TIMEOUT_S)
+            supervisor.stop_workers(time.monotonic() + NODE_STOP_TIMEOUT_S)
             self._exchange(final=True)
         finally:
             supervisor.close()
@@ -301,6 +311,7 @@ class Group:
     node_id: str
     address: str
     cpus: int          # CPUs asked of Ray: 0 where it shares a node's CPUs with another group
+    progress: Progress = field(default_factory=Progress)  # its exchanges, watched by the driver
 
 
 class RayWorkers:
@@ -316,6 +327,8 @@ class RayWorkers:
         self.exchange_interval = options.exchange_interval or auto_exchange_interval(shared.params.numel())
         self.groups: dict[int, Group] = {}
         self.deaths = DeathLog(config)
+        self.hang_watch = HangWatch(config.hang_timeout)
+        self.exchanges: dict[int, int] = {}  # each group's exchanges, as of the last pull
         self.failure: str | None = None
         self.stopping = False
         self.server: Any = None
@@ -335,6 +348,7 @@ class RayWorkers:
         """soft: a replacement on its own node may go elsewhere if that node has no room.
         cpus: what to ask of Ray, one per worker unless told (0 where it shares a node's CPUs)."""
         ray.get(self.server.register.remote(index, incarnation))
+        self.exchanges[index] = 0  # the server counts the new incarnation's exchanges from zero
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=soft)
         cpus = len(self.shares[index]) if cpus is None else cpus
         optimizer_state = self.shared.optimizer.state_dict() if incarnation or self.shared.optimizer.steps[0] else None
@@ -357,7 +371,7 @@ class RayWorkers:
     def _pull(self) -> None:
         """The global weights with the frames they were trained for (both at once: the evaluator labels
         its scores with those frames), new messages, the newest optimizer state."""
-        params, frames, messages, optimizer_state = ray.get(self.server.pull.remote())
+        params, frames, messages, optimizer_state, self.exchanges = ray.get(self.server.pull.remote())
         self.shared.params.copy_(torch.tensor(params))
         if optimizer_state is not None:
             self.shared.optimizer.load_state_dict(optimizer_state)
@@ -366,6 +380,9 @@ class RayWorkers:
             self.handle(message)
 
     def _check_groups(self) -> None:
+        if not self.stopping:  # a group that stopped exchanging (its actor hung) is ended, then replaced
+            for group in self.hang_watch.hung(list(self.groups.values()), lambda g: self.exchanges.get(g.index, 0)):
+                ray.kill(group.actor)
         refs = [g.done for g in self.groups.values()]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in ready:
@@ -379,6 +396,8 @@ class RayWorkers:
             except ray.exceptions.RayActorError as error:
                 unreachable = isinstance(error, ray.exceptions.ActorUnavailableError)
                 reason = "was lost: its node stopped answering" if unreachable else f"was lost ({_first_line(error)})"
+                if group.progress.hung_for is not None:
+                    unreachable, reason = False, f"made no progress for {group.progress.hung_for:.0f} s: killed"
             except ray.exceptions.RayTaskError as error:
                 reason = f"failed: {_first_line(error)}"
             if self.stopping:

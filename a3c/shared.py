@@ -36,6 +36,7 @@ class SharedTraining:
     frames: torch.Tensor           # int64 per worker slot: environment frames (with frame skip)
     episodes: torch.Tensor         # int64, one element: episodes logged by the parent
     flags: torch.Tensor            # uint8 [STOP, WORKERS_DONE, EVALUATE_AT_END]
+    heartbeats: torch.Tensor       # int64 per worker slot, then one for the evaluator: bumped as each makes progress
     frames_elsewhere: torch.Tensor  # int64, one element: frames counted by the rest of a Ray cluster
     base_frames: int = 0           # frames, episodes and seconds of training done before a resume
     base_episodes: int = 0
@@ -59,8 +60,9 @@ class SharedTraining:
         frames = torch.zeros(config.workers, dtype=torch.int64).share_memory_()
         episodes = torch.zeros(1, dtype=torch.int64).share_memory_()
         flags = torch.zeros(3, dtype=torch.uint8).share_memory_()
+        heartbeats = torch.zeros(config.workers + 1, dtype=torch.int64).share_memory_()
         elsewhere = torch.zeros(1, dtype=torch.int64).share_memory_()
-        return cls(params, optimizer, frames, episodes, flags, elsewhere)
+        return cls(params, optimizer, frames, episodes, flags, heartbeats, elsewhere)
 
     def total_frames(self) -> int:
         return self.base_frames + int(self.frames.sum()) + int(self.frames_elsewhere[0])
@@ -78,6 +80,18 @@ class SharedTraining:
         worker writes it can see two different values. On the live weights, with two processes
         stepping the optimizer without pause, 643 of 737,189 checks saw non-finite weights that never were."""
         return bool(torch.isfinite(self.params.clone()).all())
+
+    def beat(self, slot: int) -> None:
+        """A child shows progress: a worker after each rollout, the evaluator as it plays and waits.
+        Each slot has one writer, so no lock; the parent only watches it change (Supervisor)."""
+        self.heartbeats.numpy()[slot] += 1
+
+    def heartbeat(self, slot: int) -> int:
+        return int(self.heartbeats.numpy()[slot])
+
+    @property
+    def evaluator_slot(self) -> int:
+        return self.heartbeats.numel() - 1
 
     def count_episode(self) -> None:
         """The parent only: one more episode logged."""

@@ -9,9 +9,9 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import torch.multiprocessing as mp
 
@@ -24,6 +24,9 @@ from a3c.worker import run_worker, seed_stream
 # spawn: a CUDA evaluator cannot live in a forked child of a process that holds torch state.
 START_METHOD: Final = "spawn"
 POLL_S = 0.25
+# A child's start (imports, environments, a CUDA context) may take this many times hang_timeout.
+STARTUP_ALLOWANCE = 2.0
+KILL_JOIN_S = 5.0  # a killed process is reaped at once, unless it waits on a device (uninterruptible)
 
 
 def one_thread_per_child() -> None:
@@ -54,12 +57,58 @@ class DeathLog:
 
 
 @dataclass
+class Progress:
+    """What HangWatch knows of one child's heartbeat."""
+
+    heartbeat: int = 0     # its last value seen
+    beating: bool = False  # whether it has changed since the child started
+    quiet_since: float = field(default_factory=time.monotonic)  # when it last changed
+    hung_for: float | None = None  # seconds without progress, once the child is found hung
+
+
+class Watched(Protocol):
+    progress: Progress
+
+
+W = TypeVar("W", bound=Watched)
+
+
+class HangWatch:
+    """Tells when a child has shown no progress for too long: hang_timeout seconds, or
+    STARTUP_ALLOWANCE times that before its first beat. The time in which the watcher itself did
+    not run (the machine asleep, the whole process group stopped) counts for no one."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.last_look: float | None = None
+
+    def hung(self, running: list[W], heartbeat: Callable[[W], int]) -> list[W]:
+        """Those of the `running` children newly found hung, given each one's heartbeat now."""
+        now = time.monotonic()
+        missed = self.last_look is not None and now - self.last_look > self.timeout / 2
+        self.last_look = now
+        found = []
+        for child in running:
+            progress, beat = child.progress, heartbeat(child)
+            if progress.hung_for is not None:
+                continue
+            if beat != progress.heartbeat or missed:
+                progress.beating = progress.beating or beat != progress.heartbeat
+                progress.heartbeat, progress.quiet_since = beat, now
+            elif now - progress.quiet_since > self.timeout * (1.0 if progress.beating else STARTUP_ALLOWANCE):
+                progress.hung_for = now - progress.quiet_since
+                found.append(child)
+        return found
+
+
+@dataclass
 class Child:
     process: Any
     conn: Connection
     role: str          # "worker" or "evaluator"
     slot: int = -1     # the worker's counter slot in SharedTraining; -1 for the evaluator
     incarnation: int = 0
+    progress: Progress = field(default_factory=Progress)
 
 
 def _run_nicer(niceness: int, target: Callable[..., None], *args: Any) -> None:
@@ -87,6 +136,7 @@ class Supervisor:
         self.context = mp.get_context(START_METHOD)
         self.children: list[Child] = []
         self.deaths = DeathLog(config)
+        self.hang_watch = HangWatch(config.hang_timeout)
         self.evaluator_args: Callable[[], tuple[Any, ...]] | None = None
         self.failure: str | None = None  # set when too many children died in too short a time
 
@@ -105,7 +155,7 @@ class Supervisor:
         (the best score so far changes)."""
         self.evaluator_args = args
         self._start(run_evaluator, "a3c-evaluator", "evaluator", -1, incarnation,
-                    (self.config, self.shared, *args()), self.config.eval_niceness)
+                    (self.config, self.shared, *args()))
 
     def _start(self, target: Callable[..., None], name: str, role: str, slot: int, incarnation: int,
                args: tuple[Any, ...], niceness: int = 0) -> None:
@@ -116,7 +166,12 @@ class Supervisor:
                                        args=(niceness, target, *args, sender, os.getpid()))
         process.start()
         sender.close()
-        self.children.append(Child(process, receiver, role, slot, incarnation))
+        child = Child(process, receiver, role, slot, incarnation)
+        child.progress.heartbeat = self._heartbeat(child)
+        self.children.append(child)
+
+    def _heartbeat(self, child: Child) -> int:
+        return self.shared.heartbeat(child.slot if child.role == "worker" else self.shared.evaluator_slot)
 
     def describe(self, child: Child) -> str:
         name = f"worker {self.worker_ids[child.slot]}" if child.role == "worker" else "evaluator"
@@ -146,6 +201,16 @@ class Supervisor:
             conn.close()
 
     # -- supervision -------------------------------------------------------------------------
+    def supervise(self) -> None:
+        """Kill the children that stopped making progress, then replace them and the dead."""
+        self.kill_hung()
+        self.replace_dead()
+
+    def kill_hung(self) -> None:
+        """Kill the children that made no progress for too long (HangWatch); replace_dead reports them."""
+        running = [c for c in self.children if c.process.exitcode is None]
+        self.kill(self.hang_watch.hung(running, self._heartbeat))
+
     def replace_dead(self, stopping: bool = False) -> None:
         """Replace every child that died; `stopping`: the run is ending, so reap them only."""
         for child in list(self.children):
@@ -160,7 +225,10 @@ class Supervisor:
             child.process.join()
             if stopping or self.failure is not None:
                 continue
-            self.say(f"{self.describe(child)} died with exit code {code}")
+            if child.progress.hung_for is not None:
+                self.say(f"{self.describe(child)} made no progress for {child.progress.hung_for:.0f} s: killed")
+            else:
+                self.say(f"{self.describe(child)} died with exit code {code}")
             self.failure = self.deaths.record()
             if self.failure is not None:
                 return
@@ -172,36 +240,37 @@ class Supervisor:
             self.say(f"replaced by {self.describe(self.children[-1])}")
 
     # -- stopping ----------------------------------------------------------------------------
-    def wait_for(self, children: list[Child], timeout: float, abort: Callable[[], bool] = lambda: False) -> None:
-        """Keep reading their pipes (a child blocked on a full pipe never exits) until they exit."""
-        deadline = time.time() + timeout
-        while time.time() < deadline and any(c.process.exitcode is None for c in children):
-            if abort():
-                return
-            self.drain(POLL_S)
+    def wait_for(self, children: list[Child], deadline: float, abort: Callable[[], bool] = lambda: False) -> bool:
+        """Keep reading their pipes (a child blocked on a full pipe never exits) until they exit, the
+        time.monotonic() `deadline` passes or `abort()` turns true; whether they all exited."""
+        while any(c.process.exitcode is None for c in children):
+            if abort() or time.monotonic() >= deadline:
+                return False
+            self.drain(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        return True
 
-    def stop_workers(self, timeout: float, abort: Callable[[], bool] = lambda: False) -> None:
-        """Raise the stop flag, let the workers finish their update, and read what they sent last."""
+    def stop_workers(self, deadline: float, abort: Callable[[], bool] = lambda: False) -> None:
+        """Raise the stop flag, let the workers finish their update until `deadline` (monotonic),
+        kill those still running then (hung, or stopped), and read what they all sent last."""
         self.shared.set_flag(STOP)
         workers = self.workers()
-        self.wait_for(workers, timeout, abort)
-        self.terminate(workers)
+        self.wait_for(workers, deadline, abort)
+        self.kill(workers)
         for worker in workers:
             self._read_all(worker.conn)
 
-    def terminate(self, children: list[Child]) -> None:
+    def kill(self, children: list[Child]) -> None:
+        """SIGKILL those still running and reap them. Our children keep nothing that a gentler signal
+        would let them save (they have no SIGTERM handler), and SIGKILL ends a stopped process too."""
         for child in children:
-            if child.process.exitcode is None:
-                child.process.terminate()
-        for child in children:
-            child.process.join(timeout=10)
             if child.process.exitcode is None:
                 child.process.kill()
-                child.process.join()
+        for child in children:
+            child.process.join(timeout=KILL_JOIN_S)
 
     def close(self) -> None:
         """Stop every child at once and close the pipes."""
         self.shared.set_flag(STOP)
-        self.terminate(self.children)
+        self.kill(self.children)
         for child in self.children:
             child.conn.close()

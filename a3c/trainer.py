@@ -17,9 +17,17 @@ import psutil
 import torch
 
 from a3c.checkpoint import (
+    BEST,
+    CHECKPOINT_DIR,
+    LATEST,
+    CheckpointError,
+    CheckpointWriter,
     RunWriteError,
+    checkpoint_payload,
+    load_checkpoint,
     lock_run_dir,
     new_run_dir,
+    remove_stale_temporaries,
     restore_model,
     restore_training,
     writing,
@@ -40,10 +48,12 @@ from a3c.messages import (
 )
 from a3c.model import build_model
 from a3c.shared import EVALUATE_AT_END, WORKERS_DONE, SharedTraining
-from a3c.supervisor import POLL_S, Supervisor, one_thread_per_child
+from a3c.supervisor import POLL_S, Child, Supervisor, one_thread_per_child
 
-WORKER_STOP_TIMEOUT_S = 30.0
-EVALUATOR_STOP_TIMEOUT_S = 600.0
+# At the end of the budget the final evaluation may take this long, while it makes progress; a
+# signal ends it at once (the final checkpoint is written before it).
+FINAL_EVALUATION_TIMEOUT_S = 600.0
+EVALUATOR_EXIT_S = 5.0  # otherwise the evaluator may finish writing best.pt before it is ended
 # Checking the weights copies them all; at every tick (0.25 s or a message) that was most of the
 # 10.6% of a core the parent took from the workers and the evaluator (docs/benchmarks.md).
 WEIGHTS_CHECK_INTERVAL_S = 5.0
@@ -129,8 +139,10 @@ class Trainer:
         self.shared = SharedTraining.create(model, config)
         if resume_payload is not None:
             restore_training(self.shared, resume_payload)
-        self.best_score = None if resume_payload is None else resume_payload.get("best_score")
         self.run_dir = run_dir if run_dir is not None else new_run_dir(config)
+        self.best_score = None if resume_payload is None else _best_score(resume_payload, self.run_dir)
+        self.snapshot_model = build_model(config, self.obs_shape, self.n_actions)  # a private copy to save
+        self.checkpoints = CheckpointWriter()
         self.run_lock = run_lock if run_lock is not None else lock_run_dir(self.run_dir)
         try:
             with writing(self.run_dir / "config.json"):
@@ -146,6 +158,7 @@ class Trainer:
         self.outcome: tuple[int, str] | None = None
         self.dead_body_workers: set[int] = set()  # workers whose last report found the body dead
         self.next_weights_check = 0.0  # the first tick checks the weights
+        self.stop_deadline: float | None = None  # time.monotonic() by which a signalled run has ended
 
     def _evaluator_args(self) -> tuple[Any, ...]:
         return str(self.run_dir), self.obs_shape, self.n_actions, self.best_score
@@ -209,8 +222,9 @@ class Trainer:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals.append(signum)
         if len(self.signals) == 1:
-            print(f"\n{signal.Signals(signum).name}: stopping (final checkpoint follows; "
-                  "press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            self.stop_deadline = time.monotonic() + self.config.stop_timeout
+            print(f"\n{signal.Signals(signum).name}: stopping within {self.config.stop_timeout:g} s (final "
+                  "checkpoint follows; press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     def _check_stop(self, start: float) -> None:
         if self.outcome is not None:
@@ -218,8 +232,8 @@ class Trainer:
         failure = self.supervisor.failure or (self.remote.failure if self.remote is not None else None)
         if failure is not None:
             self.outcome = (EXIT_FAILED, failure)
-        elif self.log.write_error is not None:
-            self._fail_on_write(self.log.write_error)
+        elif self.log.write_error is not None or self.checkpoints.error is not None:
+            self._fail_on_write(self.log.write_error or self.checkpoints.error or "")
         elif self.signals:
             code = EXIT_INTERRUPTED if self.signals[0] == signal.SIGINT else EXIT_TERMINATED
             self.outcome = (code, f"stopped by {signal.Signals(self.signals[0]).name}")
@@ -238,6 +252,22 @@ class Trainer:
     def _weights_are_finite(self) -> bool:
         self.next_weights_check = time.time() + WEIGHTS_CHECK_INTERVAL_S
         return self.shared.weights_are_finite()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _write_checkpoint(self) -> bool:
+        """Start writing latest.pt from a snapshot of the shared weights, optimizer and counters (the
+        workers never wait: only the copy is made here, the writing on the checkpoint thread).
+        False if the weights are not finite: the last good checkpoint stays."""
+        frames, episodes = self.shared.total_frames(), self.shared.total_episodes()
+        weights = self.shared.params.clone()
+        if not bool(torch.isfinite(weights).all()):
+            return False
+        torch.nn.utils.vector_to_parameters(weights, self.snapshot_model.parameters())
+        state = {name: tensor.clone() for name, tensor in self.snapshot_model.state_dict().items()}
+        payload = checkpoint_payload(self.config, self.shared, state, self.obs_shape, self.n_actions, frames,
+                                     episodes, None, self.best_score)
+        self.checkpoints.write(self.run_dir / CHECKPOINT_DIR / LATEST, payload)
+        return True
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -266,12 +296,16 @@ class Trainer:
                 self._print("started " + ", ".join(supervisor.describe(c) for c in supervisor.children))
             start_frames = self.shared.total_frames()
             last_status, last_frames = time.time(), start_frames
+            next_checkpoint = time.monotonic() + config.checkpoint_interval
             while self.outcome is None:
                 supervisor.drain(POLL_S)
                 if self.remote is not None:
                     self.remote.poll()
-                supervisor.replace_dead()
+                supervisor.supervise()
                 self._check_stop(start)
+                if self.outcome is None and time.monotonic() >= next_checkpoint and not self.checkpoints.busy():
+                    self._write_checkpoint()
+                    next_checkpoint = time.monotonic() + config.checkpoint_interval
                 now, frames = time.time(), self.shared.total_frames()
                 if self.on_tick is not None:
                     self.on_tick(now, frames)
@@ -284,14 +318,12 @@ class Trainer:
                 print(f"error: {reason}", file=sys.stderr, flush=True)
             else:
                 self._print(f"stopping: {reason}")
-            # A failed run keeps its last good checkpoint; a signal gets a checkpoint without
-            # the final evaluation, so that it ends within seconds.
-            self._shutdown(final_checkpoint=code != EXIT_FAILED, final_evaluation=code == EXIT_OK)
+            self._shutdown(code)
             frames, elapsed = self.shared.total_frames(), time.time() - start
             self.log.status(frames, self.shared.total_episodes(), (frames - start_frames) / elapsed,
                             resident_memory())
             self._print(f"done: {frames:,} frames in {elapsed:.1f} s; run directory {self.run_dir}")
-            return code
+            return self.outcome[0]
         finally:
             supervisor.close()
             if self.remote is not None:
@@ -301,21 +333,76 @@ class Trainer:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    def _shutdown(self, final_checkpoint: bool, final_evaluation: bool) -> None:
-        supervisor = self.supervisor
+    def _shutdown(self, code: int) -> None:
+        """Stop the workers, write the final checkpoint from the shared weights (not after a failure:
+        the last good one stays), and at the end of the budget let the evaluator score them. After a
+        signal all of it ends by stop_deadline, hung children or not; a second signal ends it at once."""
+        supervisor, config = self.supervisor, self.config
+        deadline = self.stop_deadline or time.monotonic() + config.stop_timeout
 
         def second_signal() -> bool:
             return len(self.signals) > 1
 
-        supervisor.stop_workers(WORKER_STOP_TIMEOUT_S, second_signal)
+        # Half the time for the workers' last updates, the rest for the checkpoint and the evaluator.
+        supervisor.stop_workers(deadline - config.stop_timeout / 2, second_signal)
         if self.remote is not None:  # their last updates reach the shared weights before the checkpoint
-            self.remote.stop(WORKER_STOP_TIMEOUT_S)
+            self.remote.stop(max(0.0, deadline - config.stop_timeout / 4 - time.monotonic()))
+        supervisor.drain(0)
+        if code != EXIT_FAILED and not second_signal():
+            self._final_checkpoint(deadline)
         evaluator = supervisor.evaluator()
         if evaluator is not None:
-            if final_checkpoint:
-                if final_evaluation:
-                    self.shared.set_flag(EVALUATE_AT_END)
-                self.shared.set_flag(WORKERS_DONE)
-                supervisor.wait_for([evaluator], EVALUATOR_STOP_TIMEOUT_S, second_signal)
-            supervisor.terminate([evaluator])
+            self._stop_evaluator(evaluator, final_evaluation=code == EXIT_OK and not self.signals,
+                                 deadline=min(deadline, time.monotonic() + EVALUATOR_EXIT_S))
+        remove_stale_temporaries(self.run_dir / CHECKPOINT_DIR)  # of a child killed mid-write
+
+    def _final_checkpoint(self, deadline: float) -> None:
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        if not self.checkpoints.wait(left()):
+            self._print("no final checkpoint: the one before is still being written")
+        elif not self._write_checkpoint():
+            self._print("no final checkpoint: the shared weights are not finite")
+        elif not self.checkpoints.wait(left()):
+            self._print(f"no final checkpoint: it was not written within {self.config.stop_timeout:g} s")
+        elif self.checkpoints.error is not None:
+            print(f"error: {self.checkpoints.error}", file=sys.stderr, flush=True)
+            self.outcome = (EXIT_FAILED, self.checkpoints.error)
+
+    def _stop_evaluator(self, evaluator: Child, final_evaluation: bool, deadline: float) -> None:
+        """Let the evaluator score the final weights (at most FINAL_EVALUATION_TIMEOUT_S, while it
+        makes progress, until a signal), or else finish what it writes by `deadline`; then end it."""
+        supervisor = self.supervisor
+        if final_evaluation:
+            self.shared.set_flag(EVALUATE_AT_END)
+            deadline = time.monotonic() + FINAL_EVALUATION_TIMEOUT_S
+        self.shared.set_flag(WORKERS_DONE)
+
+        def abandon() -> bool:
+            supervisor.kill_hung()
+            return bool(self.signals) if final_evaluation else len(self.signals) > 1
+
+        finished = supervisor.wait_for([evaluator], deadline, abandon)
+        if final_evaluation and (not finished or evaluator.process.exitcode != 0):
+            why = (f"stopped by {signal.Signals(self.signals[0]).name}" if self.signals
+                   else f"the evaluator made no progress for {evaluator.progress.hung_for:.0f} s"
+                   if evaluator.progress.hung_for
+                   else f"the evaluator died with exit code {evaluator.process.exitcode}" if finished
+                   else f"it did not finish within {FINAL_EVALUATION_TIMEOUT_S:g} s")
+            self._print(f"final evaluation skipped: {why}")
+        supervisor.kill([evaluator])
         supervisor.drain(0)
+
+
+def _best_score(payload: dict[str, Any], run_dir: Path) -> float | None:
+    """The best evaluation so far of a resumed run: the checkpoint's, or best.pt's where that is
+    newer (latest.pt may have been written before the evaluator's last improvement reached the parent)."""
+    best = payload.get("best_score")
+    try:
+        saved = load_checkpoint(run_dir / CHECKPOINT_DIR / BEST).get("best_score")
+    except CheckpointError:
+        return best
+    if saved is not None and (best is None or saved > best):
+        return float(saved)
+    return best

@@ -433,6 +433,7 @@ def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np
             rollout = worker.collect()
             stats = worker.update(rollout)
             worker.count_frames(rollout.steps)
+            shared.beat(worker_id)
             for episode in worker.take_finished_episodes():
                 conn.send(EpisodeFinished(episode.worker, shared.total_frames(), episode.episode_return,
                                           episode.length, episode.end_time))

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -51,6 +53,14 @@ class TrainProcess:
             if match:
                 return match
 
+    def wait_for_all(self, patterns: list[str], timeout: float = 120.0) -> None:
+        """Block until every pattern has matched a line, in any order."""
+        deadline = time.monotonic() + timeout
+        left = [re.compile(p) for p in patterns if not any(re.search(p, line) for line in self.lines)]
+        while left:
+            match = self.wait_for("|".join(f"(?:{p.pattern})" for p in left), max(0.1, deadline - time.monotonic()))
+            left = [p for p in left if not p.search(match.string)]
+
     def finish(self, timeout: float = 120.0) -> int:
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=10)
@@ -68,6 +78,13 @@ class TrainProcess:
             if match:
                 return int(match.group(1))
         raise AssertionError(f"no pid seen for worker {slot}")
+
+    def evaluator_pid(self) -> int:
+        for line in reversed(self.lines):
+            match = re.search(r"evaluator \(pid (\d+)\)", line)
+            if match:
+                return int(match.group(1))
+        raise AssertionError("no pid seen for the evaluator")
 
     def alive_pids(self) -> list[int]:
         alive = []
@@ -87,6 +104,15 @@ class TrainProcess:
             except psutil.NoSuchProcess:
                 pass
         self.process.wait(timeout=30)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds, saying `what` was awaited."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
 
 
 def write_checkpoint(path: Path, config, obs_shape: tuple[int, ...], n_actions: int,

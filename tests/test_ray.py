@@ -22,11 +22,11 @@ import torch
 
 from a3c.api import KEEP_LOOPBACK_ENV
 from tests.conftest import SHARED_PROCESS_ROOTS
-from tests.helpers import TrainProcess
+from tests.helpers import TrainProcess, wait_until
 
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 CARTPOLE = ["--env-id", "CartPole-v1", "--lr", "1e-3", "--eval-interval", "600", "--eval-episodes", "5",
-            "--status-interval", "1", "--eval-niceness", "0"]  # evaluations at the frames asked for
+            "--status-interval", "1", "--checkpoint-interval", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -151,24 +151,27 @@ def test_resumes_a_ray_checkpoint_locally_and_on_ray(cluster, ray_run):
     assert resumed["episodes"] == len(_rows(run_dir / "train_episodes.csv"))
 
 
-def test_a_killed_node_group_is_replaced_and_counts_stay_consistent(cluster, tmp_path):
-    with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "300000",
+def test_killed_and_stopped_node_groups_are_replaced_and_counts_stay_consistent(cluster, tmp_path):
+    with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "400000", "--hang-timeout", "5",
                     "--runs-dir", str(tmp_path), "--run-name", "killed", *CARTPOLE], tmp_path) as process:
         process.wait_for(r"frames [1-9][\d,]*/")  # training has started
         groups = _ray_processes("ray::NodeGroup")
         assert len(groups) == 2, groups
-        victim = groups[0]
-        its_workers = victim.children(recursive=True)
+        killed, stopped = groups
+        their_workers = killed.children(recursive=True) + stopped.children(recursive=True)
         # Nothing listens outside loopback: the cluster, the driver, the node groups.
         assert _listening_addresses([*SHARED_PROCESS_ROOTS, process.process.pid]) <= set(LOOPBACK)
-        victim.kill()
+        killed.kill()
         process.wait_for(r"node group \d on 127\.0\.0\.1 was lost")
         process.wait_for(r"node group \d replaced")
         process.wait_for(r"node group \d: incarnation 1 running on node \w+")
+        stopped.suspend()  # SIGSTOP: alive, and no exchange any more
+        process.wait_for(r"node group \d on 127\.0\.0\.1 made no progress for \d+ s: killed")
+        process.wait_for(r"node group \d replaced")
         code = process.finish(timeout=300)
     output = "\n".join(process.lines)
     assert code == 0, output
-    _, alive = psutil.wait_procs(its_workers, timeout=30)  # the lost group's workers saw it go
+    _, alive = psutil.wait_procs([killed, stopped, *their_workers], timeout=30)  # the lost groups' workers saw them go
     assert not alive
     run_dir = tmp_path / "killed"
     checkpoint = _checkpoint(run_dir)
@@ -228,7 +231,7 @@ def test_losing_the_parameter_server_ends_the_run_with_one_error_and_a_resumable
     with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
                     "--eval-every-frames", "20000", "--runs-dir", str(tmp_path), "--run-name", "lost",
                     *CARTPOLE], tmp_path) as process:
-        process.wait_for(r"eval at [\d,]+ frames")  # a checkpoint exists
+        wait_until((tmp_path / "lost" / "checkpoints" / "latest.pt").exists, 120, "a checkpoint")
         servers = _ray_processes("ray::ParameterServer")
         assert len(servers) == 1, servers
         servers[0].kill()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import itertools
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -19,13 +22,14 @@ from a3c.cli import main
 from a3c.config import Config
 from a3c.model import bind_flat_parameters, build_model
 from a3c.shared import SharedTraining
+from a3c.supervisor import HangWatch, Progress
 from a3c.trainer import Trainer
 from a3c.worker import Worker, seed_stream
 from tests.conftest import _torch_segments
-from tests.helpers import TrainProcess, write_checkpoint
+from tests.helpers import TrainProcess, wait_until, write_checkpoint
 
 CARTPOLE = ["--env-id", "CartPole-v1", "--workers", "2", "--lr", "1e-3", "--status-interval", "0.5",
-            "--eval-episodes", "2"]
+            "--eval-episodes", "2", "--checkpoint-interval", "1"]
 
 
 @pytest.fixture
@@ -79,6 +83,104 @@ def test_a_signal_stops_everything_cleanly_with_a_final_checkpoint(train_process
     assert _torch_segments() <= segments
 
 
+def _saved(path: Path) -> dict:
+    """The checkpoint at `path`, or an empty dict before there is one (it appears whole: renamed)."""
+    return load_checkpoint(path) if path.exists() else {}
+
+
+def test_checkpoints_keep_their_schedule_while_the_evaluator_is_stopped_and_sigint_ends_within_the_bound(
+        train_process, tmp_path):
+    run = train_process("--total-frames", "100000000", "--stop-timeout", "10", "--hang-timeout", "600")
+    run.wait_for(r"frames ([1-9][\d,]*)/")
+    os.kill(run.evaluator_pid(), signal.SIGSTOP)  # as a hung CUDA call or a game that never ends would
+    stopped_at = time.time()
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    wait_until(lambda: _saved(latest).get("saved_at", 0) > stopped_at, 30, "a checkpoint after the stop")
+    frames = _saved(latest)["frames"]
+    wait_until(lambda: _saved(latest)["frames"] > frames, 30, "a later checkpoint of more frames")
+    frames = _saved(latest)["frames"]
+    signalled = time.monotonic()
+    run.process.send_signal(signal.SIGINT)
+    assert run.finish(timeout=60) == 130
+    assert time.monotonic() - signalled < 10 + 3  # the printed bound, and the interpreter's exit
+    assert any("SIGINT: stopping within 10 s" in line for line in run.lines)
+    final = load_checkpoint(latest)
+    assert final["frames"] > frames and final["score"] is None  # from the shared weights
+    with open(tmp_path / "run" / "train_episodes.csv") as f:
+        assert final["episodes"] == len(list(csv.DictReader(f)))
+    assert run.alive_pids() == []  # the stopped evaluator too
+    assert not list(latest.parent.glob(".*.tmp"))
+
+
+def test_stopped_children_are_killed_reported_and_replaced(train_process, tmp_path):
+    run = train_process("--total-frames", "300000", "--hang-timeout", "5", "--eval-interval", "1")
+    run.wait_for(r"frames ([1-9][\d,]*)/")
+    worker, evaluator = run.worker_pid(0), run.evaluator_pid()
+    os.kill(worker, signal.SIGSTOP)
+    os.kill(evaluator, signal.SIGSTOP)
+    run.wait_for_all([rf"worker 0 \(pid {worker}\) made no progress for \d+ s: killed",
+                      rf"evaluator \(pid {evaluator}\) made no progress for \d+ s: killed",
+                      r"replaced by worker 0 \(pid \d+\)", r"replaced by evaluator \(pid \d+\)"])
+    run.wait_for(r"eval at")  # the new evaluator evaluates
+    assert run.finish() == 0, "\n".join(run.lines[-30:])
+    assert any("reached 300,000 frames" in line for line in run.lines)
+    assert not any(f"pid {worker}) died" in line or f"pid {evaluator}) died" in line for line in run.lines)
+    assert run.alive_pids() == []
+
+
+def test_latest_checkpoint_is_written_on_schedule_with_no_evaluator_at_all(tmp_path):
+    config = Config(env_id="CartPole-v1", workers=1, total_frames=10_000_000, time_limit=4, checkpoint_interval=0.5,
+                    runs_dir=str(tmp_path), run_name="run")
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    seen: dict[float, int] = {}  # saved_at: frames, of every checkpoint seen during the run
+
+    def look(_now: float, _frames: int) -> None:
+        checkpoint = _saved(latest)
+        if checkpoint:
+            seen[checkpoint["saved_at"]] = checkpoint["frames"]
+
+    assert Trainer(config, evaluator=False, on_tick=look).run() == 0
+    times = sorted(seen)
+    assert len(times) >= 4, seen
+    assert all(later - earlier < 0.5 + 1.0 for earlier, later in itertools.pairwise(times))
+    assert [seen[t] for t in times] == sorted(seen.values())  # each of more frames
+    assert load_checkpoint(latest)["frames"] >= seen[times[-1]]  # and the final one
+
+
+def test_the_hang_watch_allows_a_start_up_and_forgives_time_it_did_not_run(monkeypatch):
+    class Watched:
+        def __init__(self) -> None:
+            self.progress, self.beat = Progress(), 0
+
+    clock = [0.0]
+    monkeypatch.setattr("a3c.supervisor.time.monotonic", lambda: clock[0])
+    watch = HangWatch(timeout=10)
+    starting, running = Watched(), Watched()
+    starting.progress.quiet_since = running.progress.quiet_since = 0.0
+    children = [starting, running]
+
+    def look(at: float) -> list[Watched]:
+        clock[0] = at
+        return watch.hung(children, lambda child: child.beat)
+
+    for second in range(1, 20):  # one beats every second, the other has not started yet
+        running.beat += 1
+        assert look(second) == []
+    assert look(20.5) == [starting]  # twice the timeout for a start-up
+    assert starting.progress.hung_for == 20.5
+    assert look(25) == []  # found once
+    assert look(28.9) == []
+    assert look(29.1) == [running]  # 10 s after its last beat, seen at 19 s
+    late = Watched()
+    late.progress = Progress(heartbeat=0, beating=True, quiet_since=29.1)
+    children = [late]
+    assert look(33) == []
+    assert look(1000) == []  # the watcher itself did not run for 967 s: nobody is judged on that
+    assert look(1004) == []
+    assert look(1008) == []
+    assert look(1010.5) == [late]
+
+
 def test_a_second_ctrl_c_stops_at_once(train_process):
     run = train_process("--total-frames", "100000000", "--eval-interval", "600")
     run.wait_for(r"frames ([1-9][\d,]*)/")
@@ -122,7 +224,8 @@ def test_resume_restores_model_optimizer_and_counters(tmp_path, optimizer):
         assert torch.equal(torch.as_tensor(saved[key]), restored[key])
     assert all(t.is_shared() for t in trainer.shared.optimizer.tensors())
     assert trainer.shared.total_frames() == payload["frames"]
-    assert trainer.best_score == payload["best_score"]
+    # latest.pt is written before the final evaluation; the best score so far is best.pt's.
+    assert trainer.best_score == load_checkpoint(run_dir / "checkpoints" / "best.pt")["best_score"] is not None
     assert trainer.run() == 0
     assert trainer.shared.total_frames() >= 8000
     final = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
@@ -341,3 +444,20 @@ def test_videos_and_plots_on_a_full_disk_end_with_one_line(small_disk, capsys):
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and all("No space left on device (the disk is full" in line for line in errors), errors
     assert f"cannot write {run_dir / 'videos'}" in errors[0] and f"cannot write {small_disk / 'plots'}" in errors[1]
+
+
+def test_a_short_chaos_soak_survives_every_fault(tmp_path):
+    """scripts/chaos_soak.py on CartPole: a child killed, terminated or stopped about every second."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "chaos_soak.py"
+    report = tmp_path / "soak.json"
+    result = subprocess.run([sys.executable, str(script), "--env-id", "CartPole-v1", "--workers", "2",
+                             "--seconds", "35", "--fault-interval", "1", "--checkpoint-interval", "2",
+                             "--hang-timeout", "3", "--warmup", "5", "--resume-frames", "2000",
+                             "--runs-dir", str(tmp_path / "runs"), "--output", str(report),
+                             "--", "--lr", "1e-3", "--eval-interval", "2", "--eval-episodes", "2"],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    soak = json.loads(report.read_text())
+    assert all(soak["checks"].values())
+    assert soak["faults"] >= 15 and soak["faults_survived"] == soak["faults"]
+    assert set(soak["faults_by_signal"]) == {"SIGKILL", "SIGTERM", "SIGSTOP"}

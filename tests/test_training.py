@@ -50,14 +50,14 @@ def test_several_workers_update_the_shared_model(tmp_path):
 
 
 def test_children_run_at_the_niceness_asked_for(tmp_path):
-    # The evaluator yields the CPU to the workers (eval_niceness); on Ray a node group's workers
-    # yield it to the exchange (worker_niceness). Both are added to the parent's niceness.
-    config = Config(env_id="CartPole-v1", workers=1, eval_niceness=7, runs_dir=str(tmp_path))
+    # On Ray a node group's workers yield the CPU to the exchange (worker_niceness, added to the
+    # parent's niceness); the evaluator runs at the parent's, held to its share by its schedule.
+    config = Config(env_id="CartPole-v1", workers=1, runs_dir=str(tmp_path))
     obs_shape, n_actions = env_spaces(config)
     shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
     supervisor = Supervisor(config, shared, handle=lambda message: None, say=lambda text: None, worker_niceness=3)
     ours = os.getpriority(os.PRIO_PROCESS, 0)
-    expected = {"worker": min(19, ours + 3), "evaluator": min(19, ours + 7)}
+    expected = {"worker": min(19, ours + 3), "evaluator": ours}
 
     def niceness() -> dict[str, int]:
         return {c.role: os.getpriority(os.PRIO_PROCESS, c.process.pid) for c in supervisor.children}
