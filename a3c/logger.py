@@ -162,19 +162,22 @@ class RunLogger:
         recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
         evaluation = (f"{self.last_eval['mean_reward']:.1f} ± {self.last_eval['std_reward']:.1f}"
                       if self.last_eval else "-")
+        reports = self.train_stats.values()
+        staleness = (f"{np.mean([s.staleness for s in reports]):.1f} (max {max(s.staleness_max for s in reports):.0f})"
+                     if reports else "-")
         if self.bar is not None:
             shown = min(frames, self.config.total_frames)  # past the total tqdm drops its bar
             self.bar.update(shown - self.bar_frames)
             self.bar_frames = shown
             self.bar.set_postfix_str(f"{fps:,.0f} fps, ep {episodes:,}, return "
-                                     f"{'-' if recent is None else f'{recent:.1f}'}, eval {evaluation}",
-                                     refresh=True)
+                                     f"{'-' if recent is None else f'{recent:.1f}'}, eval {evaluation}, "
+                                     f"staleness {staleness}", refresh=True)
         else:
             elapsed = time.strftime("%H:%M:%S", time.gmtime(self.elapsed(None)))
             budget = self.config.total_frames
             print(f"[{elapsed}] frames {frames:,}/{budget:,} ({100 * frames / budget:.1f}%) | "
                   f"{fps:,.0f} fps | episodes {episodes:,} | return(last {len(self.recent_returns)}) "
-                  f"{'-' if recent is None else f'{recent:.1f}'} | eval {evaluation} | "
+                  f"{'-' if recent is None else f'{recent:.1f}'} | eval {evaluation} | staleness {staleness} | "
                   f"mem {rss_bytes / 2**20:,.0f} MiB", file=self.stream, flush=True)
         self._write(self.episodes_path, self.episodes_file.flush)
         if self.tensorboard is not None:
@@ -190,8 +193,9 @@ class RunLogger:
             for key in LEARNER_STAT_NAMES:
                 values = [getattr(s, key) for s in self.train_stats.values()]
                 values = [v for v in values if np.isfinite(v)]  # a report whose returns did not vary
-                if values:
-                    board.add_scalar(f"train/{key}", float(np.mean(values)), frames)
+                if values:  # over the workers' latest reports: the mean, or the maximum of maxima
+                    board.add_scalar(f"train/{key}", float(max(values) if key.endswith("_max") else np.mean(values)),
+                                     frames)
         board.flush()
 
     def close(self) -> None:

@@ -35,6 +35,8 @@ class LearnerStats:
     grad_norm: float
     explained_variance: float  # 1 - Var[returns - values] / Var[returns] (nan if returns did not vary)
     active_units: float  # the fraction of the body's last layer's units that fired, per update
+    staleness: float  # mean over its updates: others' updates stepped between its weight copy and its step
+    staleness_max: float
     learning_rate: float
 
 

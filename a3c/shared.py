@@ -34,6 +34,7 @@ class SharedTraining:
     params: torch.Tensor           # flat model weights, shared
     optimizer: SharedOptimizer
     frames: torch.Tensor           # int64 per worker slot: environment frames (with frame skip)
+    updates: torch.Tensor          # int64 per worker slot: updates it handed to the shared optimizer
     episodes: torch.Tensor         # int64, one element: episodes logged by the parent
     flags: torch.Tensor            # uint8 [STOP, WORKERS_DONE, EVALUATE_AT_END]
     heartbeats: torch.Tensor       # int64 per worker slot, then one for the evaluator: bumped as each makes progress
@@ -58,14 +59,20 @@ class SharedTraining:
         optimizer = build_optimizer(config, params)
 
         frames = torch.zeros(config.workers, dtype=torch.int64).share_memory_()
+        updates = torch.zeros(config.workers, dtype=torch.int64).share_memory_()
         episodes = torch.zeros(1, dtype=torch.int64).share_memory_()
         flags = torch.zeros(3, dtype=torch.uint8).share_memory_()
         heartbeats = torch.zeros(config.workers + 1, dtype=torch.int64).share_memory_()
         elsewhere = torch.zeros(1, dtype=torch.int64).share_memory_()
-        return cls(params, optimizer, frames, episodes, flags, heartbeats, elsewhere)
+        return cls(params, optimizer, frames, updates, episodes, flags, heartbeats, elsewhere)
 
     def total_frames(self) -> int:
         return self.base_frames + int(self.frames.sum()) + int(self.frames_elsewhere[0])
+
+    def total_updates(self) -> int:
+        """Updates stepped into this machine's shared optimizer so far: a worker's staleness is how
+        many landed between its weight copy and its own step (Worker.update)."""
+        return int(self.updates.numpy().sum())
 
     def set_frames_elsewhere(self, frames: int) -> None:
         """On a Ray cluster: the frames the other nodes have counted (their workers write no slot

@@ -147,6 +147,7 @@ class UpdateStats:
     residual_variance: float  # Var[returns - values]: what the value head missed
     return_variance: float  # Var[returns]
     active_units: float  # ReplayTape.active_units
+    staleness: int = 0  # updates of other workers stepped in between this one's weight copy and its step
 
 
 @dataclass
@@ -290,9 +291,11 @@ class Worker:
         self.episode_lengths = [0] * len(self.envs)
         self.finished: list[EpisodeRecord] = []
         self.to_training_rewards = training_reward_transform(config, len(self.envs))
+        self.updates_at_copy = 0  # the shared update count at the last weight copy
 
     def sync_weights(self) -> None:
         """Load the shared weights into the local model."""
+        self.updates_at_copy = self.shared.total_updates()
         self.local_params.copy_(self.shared.params)
 
     def collect(self) -> Rollout:
@@ -385,7 +388,9 @@ class Worker:
         if stats.applied:
             if grad_norm > self.config.max_grad_norm:
                 self.grad.mul_(self.config.max_grad_norm / (grad_norm + 1e-6))
+            stats.staleness = self.shared.total_updates() - self.updates_at_copy
             self.optimizer.step([self.grad], lr=self.learning_rate())  # lock-free (Hogwild)
+            self.shared.updates.numpy()[self.worker_id] += 1
         return stats
 
     def count_frames(self, steps: int) -> None:
@@ -410,8 +415,9 @@ def _mean_stats(stats: list[UpdateStats]) -> dict[str, float]:
     # may barely vary.
     return_variance = mean("return_variance")
     explained = 1.0 - mean("residual_variance") / return_variance if return_variance > 0 else math.nan
-    return {**{name: mean(name) for name in ("policy_loss", "value_loss", "entropy", "grad_norm", "active_units")},
-            "explained_variance": explained}
+    return {**{name: mean(name) for name in ("policy_loss", "value_loss", "entropy", "grad_norm", "active_units",
+                                              "staleness")},
+            "explained_variance": explained, "staleness_max": float(max(s.staleness for s in stats))}
 
 
 def run_worker(worker_id: int, config: Config, shared: SharedTraining, seeds: np.random.SeedSequence,

@@ -78,7 +78,8 @@ def test_tensorboard_holds_the_usual_keys(tmp_path):
     scalars = set(events.Tags()["scalars"])
     expected = {"rollout/ep_rew_mean", "rollout/ep_len_mean", "eval/mean_reward", "eval/mean_ep_length",
                 "train/policy_loss", "train/value_loss", "train/entropy", "train/grad_norm",
-                "train/learning_rate", "train/explained_variance", "train/active_units", "time/fps"}
+                "train/learning_rate", "train/explained_variance", "train/active_units", "train/staleness",
+                "train/staleness_max", "time/fps"}
     assert expected <= scalars, expected - scalars
     assert any("hyperparameters" in tag for tag in events.Tags()["tensors"])
 

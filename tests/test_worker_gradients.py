@@ -347,3 +347,29 @@ def test_a_lost_life_ends_the_learners_episode_but_not_the_game():
         pytest.fail("no life lost in 2,000 steps of Breakout")
     finally:
         worker.close()
+
+
+def test_staleness_counts_the_updates_stepped_between_a_weight_copy_and_its_step():
+    config = Config(env_id="CartPole-v1", workers=2, t_max=5)
+    shared = SharedTraining.create(build_model(config, (4,), 2), config)
+    first, second = (Worker(i, config, shared, seed_stream(1, i)) for i in range(2))
+    try:
+        def update(worker: Worker) -> int:
+            stats = worker.update(worker.collect())
+            assert stats.applied
+            return stats.staleness
+
+        first.sync_weights()
+        second.sync_weights()
+        assert update(second) == 0  # nothing landed since its copy
+        assert update(first) == 1   # the second's update landed after the first copied
+        first.sync_weights()
+        second.sync_weights()
+        assert update(second) == 0
+        second.sync_weights()
+        assert update(second) == 0
+        assert update(first) == 2   # both of the second's since the first's copy
+        assert shared.total_updates() == 5 == float(shared.optimizer.steps[0])
+    finally:
+        first.close()
+        second.close()
