@@ -15,7 +15,7 @@ from a3c.checkpoint import (
     RunWriteError,
     newest_run,
 )
-from a3c.config import PRESETS, Config, ConfigError, RayOptions
+from a3c.config import GROUPS, PRESETS, Config, ConfigError, RayOptions
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,19 +35,26 @@ _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str,
                           "int | None": _parse_optional(int)}
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --flag per Config field. Defaults are SUPPRESSed so we can tell which flags were given."""
+def add_config_arguments(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """One --flag per Config field, in the groups of config.GROUPS; the argument groups by title.
+    Defaults are SUPPRESSed so we can tell which flags were given."""
     defaults = Config()
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        shown = f.metadata.get("default", getattr(defaults, f.name))
-        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
-        if f.type == "bool":
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=_TYPES[str(f.type)], default=argparse.SUPPRESS,
-                                metavar=f.name.upper(), help=help_text)
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    groups = {}
+    for title, names in GROUPS.items():
+        group = groups[title] = parser.add_argument_group(title)
+        for name in names:
+            f = fields[name]
+            flag = "--" + name.replace("_", "-")
+            shown = f.metadata.get("default", getattr(defaults, name))
+            help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+            if f.type == "bool":
+                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=help_text)
+            else:
+                group.add_argument(flag, dest=name, type=_TYPES[str(f.type)], default=argparse.SUPPRESS,
+                                   metavar=name.upper(), help=help_text)
+    return groups
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -142,27 +149,24 @@ def command_plot(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="a3c", description="Asynchronous advantage actor-critic (Hogwild A3C).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    train = commands.add_parser("train", help="train a model")
-    train.add_argument("--config", help="JSON or YAML file of settings; flags given here override it "
-                       "(default: none)")
-    train.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set of settings: "
-                       "tutorial (the seed tutorial's network and reward scaling, t_max 20, one environment per "
-                       "worker: earlier versions' defaults) or paper (Mnih et al. 2016's A3C FF); a config "
-                       "file and flags override it (default: none)")
-    train.add_argument("--resume", help="run directory or checkpoint to continue from; its settings come "
-                       "back, and flags given here override those that may change (default: none)")
+    train = commands.add_parser("train", help="train a model", usage="%(prog)s [options]")
+    groups = add_config_arguments(train)
+    control = groups["run control"]
+    control.add_argument("--config", help="JSON or YAML file of settings (a run's config.json works); flags "
+                         "override it (default: none)")
+    control.add_argument("--preset", choices=sorted(PRESETS), help="start from the settings of the seed "
+                         "tutorial or of the A3C paper; a config file and flags override them (default: none)")
+    control.add_argument("--resume", help="run directory or checkpoint to continue from, with its settings; "
+                         "flags override those that may change (default: none)")
     on_ray = train.add_argument_group("on a Ray cluster (pip install 'a3c[ray]')")
     on_ray.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                        help="train on Ray: at HOST:PORT, a cluster started with `ray start --head`; with no "
-                        "address, a Ray instance started on this machine (loopback only) and stopped at the end "
-                        "(default: off, the local trainer)")
+                        help="train on the Ray cluster at HOST:PORT, or with no address on a Ray instance "
+                        "started here on loopback (default: off, the local trainer)")
     on_ray.add_argument("--nodes", type=int, help="nodes to spread the workers over (default: every live node "
                         "of the cluster; one for a local instance)")
     on_ray.add_argument("--exchange-interval", type=float,
                         help="seconds between a node's exchanges with the global weights (default: as often as "
-                        "sending about 10 MB/s per node allows: 0.27 s for the 84x84 Atari network, 5 ms for "
-                        "CartPole's)")
-    add_config_arguments(train)
+                        "sending about 10 MB/s per node allows)")
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
     evaluate.add_argument("--run", help="run directory (default: the newest under --runs-dir)")
     evaluate.add_argument("--checkpoint", help="checkpoint file (overrides --run)")

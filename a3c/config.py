@@ -1,10 +1,8 @@
-"""Every hyperparameter of a run, in one dataclass, with its validation.
+"""Every hyperparameter of a run, in one dataclass, with its validation, and the reading of the
+settings files of earlier versions (read_older).
 
-The defaults are the settings that learned every game measured on a 2-core machine
-(docs/benchmarks.md): 4 environments per worker (16 train faster but never left Pong's uniform
-policy), t_max 5, Adam at lr 3e-4 for two workers and less for more (see Config.learning_rate),
-rewards clipped to their sign, a lost life the end of the learner's episode. PRESETS keeps the
-seed tutorial's settings and the A3C paper's one flag away.
+The defaults are the settings that learned every game measured (docs/benchmarks.md); PRESETS keeps
+the seed tutorial's settings and the A3C paper's one flag away.
 """
 
 from __future__ import annotations
@@ -22,14 +20,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 REWARD_TRANSFORMS = ("auto", "clip", "scale", "normalize")
 BODIES = ("auto", "mnih2013", "mnih2015", "tutorial", "mlp")
 OPTIMIZERS = ("adam", "rmsprop")
-ACTIVATIONS = ("relu", "elu")
-FRAME_NORMS = ("scale", "standardize", "background")
-# Names that earlier versions wrote into config.json and checkpoints, read as their new names.
-RENAMED_BODIES = {"seed": "tutorial", "nature": "mnih2013"}
-# Settings that earlier versions had and this one has not: read from their files and dropped, with why.
-REMOVED = {"eval_niceness": "the evaluator takes a share of the CPU instead (eval_cpu_share)"}
-# Settings that earlier versions did not save, with the value their runs had (Config.from_saved).
-UNSAVED_BEFORE = {"activation": "relu", "optimizer": "adam", "terminal_on_life_loss": False, "frame_norm": "scale"}
+FRAME_NORMS = ("background", "scale")
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
 # The default learning rate: BASE_LR up to BASE_LR_WORKERS workers, less above (Config.learning_rate).
 # RMSProp's is baselines' A2C's (and pytorch-a2c-ppo-acktr's), not searched here.
@@ -41,7 +32,7 @@ class ConfigError(ValueError):
     """A setting the user gave cannot work; the message says which and why."""
 
 
-# Named sets of settings, applied under a config file and flags (`a3c train --preset seed`).
+# Named sets of settings, applied under a config file and flags (`a3c train --preset paper`).
 PRESETS: dict[str, dict[str, Any]] = {
     # The seed tutorial's network and reward scaling, with ikostrikov/pytorch-a3c's rollout length:
     # the defaults of earlier versions.
@@ -64,145 +55,101 @@ def _help(text: str, default: str | None = None) -> dict[str, str]:
 
 @dataclass
 class Config:
-    # What to train on.
+    # Environment.
     env_id: str = field(default="ALE/KungFuMaster-v5", metadata=_help(
         "Gymnasium id: an ALE Atari game, or any env with a flat Box observation and Discrete actions"))
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata=_help(
-        "worker processes, each with its own environments", f"one per CPU core, {os.cpu_count()} here"))
-    envs_per_worker: int = field(default=4, metadata=_help(
-        "environments per worker, stepped in turn with one batched forward pass (Hogwild between workers)"))
-    total_frames: int = field(default=20_000_000, metadata=_help(
-        "stop after this many environment frames (Atari frames count the frame skip)"))
-    time_limit: float | None = field(default=None, metadata=_help(
-        "also stop after this many seconds of training", "no limit"))
-    seed: int = field(default=1, metadata=_help(
-        "base seed: worker i seeds its environment and sampling from (seed, i)"))
-
-    # Atari preprocessing (ignored for vector environments).
-    screen_size: int = field(default=84, metadata=_help(
-        "square grey frame side: 84 as in the paper, 42 for the tutorial body"))
-    frame_skip: int = field(default=4, metadata=_help("emulator frames per agent step, max-pooled"))
+    screen_size: int = field(default=84, metadata=_help("side of the square grey frames (42 for the tutorial body)"))
+    frame_skip: int = field(default=4, metadata=_help("emulator frames per agent step, the last two max-pooled"))
     frame_stack: int = field(default=4, metadata=_help("frames stacked into one observation"))
-    noop_max: int = field(default=30, metadata=_help("up to this many no-op frames at each reset"))
+    noop_max: int = field(default=30, metadata=_help("up to this many no-op steps at each reset"))
     sticky_actions: float = field(default=0.0, metadata=_help(
-        "probability that the emulator repeats the previous action (0 as in the paper; 0.25 as in ALE v5)"))
+        "probability that the emulator repeats the previous action (ALE v5's own default is 0.25)"))
     terminal_on_life_loss: bool = field(default=True, metadata=_help(
-        "end the learner's episode (no bootstrap, a fresh LSTM state) when the game takes a life, as DQN "
-        "and baselines' A2C and PPO train: the value head learns sooner what loses (Breakout and "
-        "KungFuMaster learned faster early, docs/benchmarks.md); the game and the scores go on to game "
-        "over; games without lives are unaffected"))
+        "a lost life ends the learner's episode (no bootstrap), as DQN, A2C and PPO train; the game goes on"))
     max_episode_frames: int = field(default=108_000, metadata=_help(
         "truncate an episode after this many frames (30 minutes of play)"))
     reward_transform: str = field(default="auto", metadata=_help(
-        "what the learner sees of a reward: clip (its sign, as in the A3C paper: every game's points "
-        "weigh alike), scale (times reward_scale, as in the seed), normalize (divided by a running "
-        "standard deviation of the discounted return, each worker its own, as Stable-Baselines3's "
-        "VecNormalize: points keep their relative sizes and every game's returns come to unit scale); "
-        "auto clips Atari rewards and leaves other environments' as they are"))
+        "what the learner sees of a reward: clip (its sign), scale (times reward_scale) or normalize (over a "
+        "running std of the return); auto: clip for Atari, else as it is"))
     reward_scale: float | None = field(default=None, metadata=_help(
-        "with reward_transform scale: multiply training rewards by this", "0.01 for Atari as in the seed, 1 otherwise"))
+        "the factor of reward_transform scale", "0.01 for Atari, 1 otherwise"))
 
-    # Model.
+    # Network.
     body: str = field(default="auto", metadata=_help(
-        "network body: mnih2013 (16@8x8/4, 32@4x4/2, fc 256: Mnih et al. 2013's network, which the A3C "
-        "paper used; for 84x84), mnih2015 (32@8x8/4, 64@4x4/2, 64@3x3/1, fc 512: the DQN Nature paper's, "
-        "which A2C and PPO use; for 84x84), tutorial (the seed tutorial's 3 conv 32@3x3/2, fc 128; for 42x42), mlp "
-        "(vector observations); auto picks mnih2013 for Atari, mlp otherwise"))
-    activation: str = field(default="relu", metadata=_help(
-        "the conv bodies' activation: relu, or elu (as ikostrikov/pytorch-a3c and universe-starter-agent: "
-        "below zero its gradient is small rather than none, so units do not stop learning as most ReLU units "
-        "of a trained network do; but with it KungFuMaster's policy collapsed, and Pong's for a while, "
-        "docs/benchmarks.md); the mlp body uses tanh"))
+        "mnih2013 (the A3C paper's), mnih2015 (DQN Nature's, as A2C and PPO), tutorial (the seed's, 42x42) "
+        "or mlp (vector observations); auto: mnih2013 for Atari, mlp otherwise"))
     frame_norm: str = field(default="background", metadata=_help(
-        "what the conv body sees of an observation's pixels: background (less the observation's "
-        "commonest pixel value, its background, over its standard deviation: an empty screen is zero, "
-        "every change on it amplified 4 to 6 times; Pong's last 100 training episodes averaged +13.8 at "
-        "4 M frames with it, where scaled frames had -19.8), scale (divided by 255, as DQN, A2C and PPO, and this "
-        "trainer before commit 1346cbe) or standardize (less the observation's mean, over its standard "
-        "deviation, near what ikostrikov/pytorch-a3c's running normalisation gives: Breakout stayed near "
-        "random play for millions of frames); docs/benchmarks.md"))
-    lstm: bool = field(default=False, metadata=_help("add an LSTM cell between the body and the heads"))
-    mlp_hidden: int = field(default=64, metadata=_help("width of the two MLP hidden layers"))
+        "what the conv body sees: background (each observation less its commonest pixel value, over its "
+        "std) or scale (pixels / 255, as DQN, A2C and PPO)"))
+    lstm: bool = field(default=False, metadata=_help("an LSTM cell between the body and the heads"))
+    mlp_hidden: int = field(default=64, metadata=_help("width of the mlp body's two hidden layers"))
     precision: str = field(default="auto", metadata=_help(
-        "number format of a worker's network body in acting and in the update's backward pass: "
-        "float32, or bfloat16 (the weights, their gradients, the optimizer, the LSTM and the heads stay "
-        f"float32); auto picks bfloat16 for conv bodies with {BFLOAT16_MIN_ENVS} or more environments "
-        "per worker on CPUs with native bfloat16 (AVX-512 BF16 or AMX), float32 otherwise"))
+        "number format of the conv body in workers: float32 or bfloat16; auto: bfloat16 with "
+        f"{BFLOAT16_MIN_ENVS}+ environments per worker on CPUs with native bfloat16"))
 
-    # Algorithm.
+    # Optimisation.
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1, metadata=_help(
+        "worker processes, each with its own environments and its own copy of the weights",
+        f"one per CPU core, {os.cpu_count()} here"))
+    envs_per_worker: int = field(default=4, metadata=_help(
+        "environments per worker, stepped together with one batched forward pass"))
+    t_max: int = field(default=5, metadata=_help("steps per rollout: each update learns from t_max x envs_per_worker"))
     optimizer: str = field(default="adam", metadata=_help(
-        "the shared optimizer: adam, or rmsprop (the A3C paper's shared RMSProp: one running mean of "
-        "squared gradients for all workers, no momentum)"))
+        "the shared optimizer: adam, or rmsprop (the A3C paper's shared RMSProp)"))
     lr: float | None = field(default=None, metadata=_help(
-        "learning rate", "for adam 3e-4 up to 2 workers, 3e-4 x sqrt(2/workers) above (1.06e-4 for 16): the "
-        "more Hogwild workers, the older the weights each gradient was computed on; for rmsprop 7e-4, scaled alike"))
-    lr_anneal: bool = field(default=False, metadata=_help(
-        "anneal the learning rate linearly to zero over total_frames, as in the paper"))
-    adam_eps: float = field(default=1e-8, metadata=_help("Adam epsilon"))
-    rmsprop_alpha: float = field(default=0.99, metadata=_help(
-        "RMSProp's decay of the mean squared gradient (the paper's 0.99)"))
+        "learning rate", "adam 3e-4 (rmsprop 7e-4) up to 2 workers, times sqrt(2/workers) above"))
+    lr_anneal: bool = field(default=False, metadata=_help("anneal the learning rate linearly to 0 over total_frames"))
+    adam_beta1: float = field(default=0.9, metadata=_help("Adam's decay of the mean gradient (its momentum)"))
+    adam_beta2: float = field(default=0.999, metadata=_help("Adam's decay of the mean squared gradient"))
+    adam_eps: float = field(default=1e-8, metadata=_help("Adam's epsilon"))
+    rmsprop_alpha: float = field(default=0.99, metadata=_help("RMSProp's decay of the mean squared gradient"))
     rmsprop_eps: float = field(default=1e-5, metadata=_help(
-        "RMSProp epsilon, added to the root mean square as torch.optim.RMSprop does (baselines' A2C "
-        "used 1e-5 under the root, TensorFlow's RMSProp: a floor of 3.2e-3)"))
+        "RMSProp's epsilon, added to the root mean square as torch.optim.RMSprop does"))
     gamma: float = field(default=0.99, metadata=_help("discount factor"))
     gae_lambda: float = field(default=1.0, metadata=_help(
-        "GAE lambda for the policy's advantage; 1 gives the paper's n-step advantage"))
-    t_max: int = field(default=5, metadata=_help("steps per rollout before each update"))
-    entropy_coef: float = field(default=0.01, metadata=_help("entropy bonus weight beta"))
-    value_loss_coef: float = field(default=0.5, metadata=_help("value loss weight"))
+        "GAE lambda of the policy's advantage; 1 is the paper's n-step advantage"))
+    entropy_coef: float = field(default=0.01, metadata=_help("weight of the entropy bonus"))
+    value_loss_coef: float = field(default=0.5, metadata=_help("weight of the value loss"))
     max_grad_norm: float = field(default=50.0, metadata=_help("clip each update's gradient to this norm"))
 
-    # Evaluator, checkpoints and supervision.
+    # Evaluation and checkpoints.
     eval_interval: float = field(default=30.0, metadata=_help(
-        "seconds at least between the starts of two evaluations (eval_cpu_share may space them further)"))
+        "seconds at least between the starts of two evaluations"))
     eval_every_frames: int | None = field(default=None, metadata=_help(
-        "also evaluate after every this many frames, whatever eval_interval and eval_cpu_share say", "off"))
-    eval_episodes: int = field(default=10, metadata=_help(
-        "episodes per evaluation, played side by side with one batched forward pass"))
+        "also evaluate after every this many frames, whatever the interval and the CPU share", "off"))
+    eval_episodes: int = field(default=10, metadata=_help("episodes per evaluation, played side by side"))
     eval_cpu_share: float = field(default=0.05, metadata=_help(
-        "the share of the machine's CPU time the evaluator may take on average: after an evaluation it "
-        "waits until its CPU time is within this share of the cores, so evaluations come at a steady cost "
-        "however many workers fill the cores (it runs at the workers' priority)"))
-    eval_device: str = field(default="auto", metadata=_help(
-        "device of the evaluator: auto (cuda when available), cuda or cpu"))
+        "the evaluator waits after each evaluation until its CPU time is within this share of the machine's"))
+    eval_device: str = field(default="auto", metadata=_help("the evaluator's device: auto (cuda if any), cuda or cpu"))
     eval_greedy: bool = field(default=False, metadata=_help(
-        "evaluate with the most probable action instead of sampling from the policy; the policy that "
-        "was trained is the sampled one, and its greedy version often scores far less"))
+        "evaluate the most probable action rather than the sampled policy that was trained"))
     checkpoint_interval: float = field(default=300.0, metadata=_help(
-        "seconds between writes of checkpoints/latest.pt from the shared weights, whatever the evaluator "
-        "does: a crash or a power cut loses at most this much training (and a signal none)"))
-    hang_timeout: float = field(default=60.0, metadata=_help(
-        "a worker that finishes no rollout, or an evaluator that plays no step, for this many seconds is "
-        "killed and replaced (start-up gets twice as long); it counts as a death (max_deaths)"))
-    stop_timeout: float = field(default=30.0, metadata=_help(
-        "after Ctrl-C or SIGTERM the run ends within this many seconds, with a final checkpoint, "
-        "even when a child is hung"))
-    max_deaths: int = field(default=5, metadata=_help(
-        "stop the run with an error when this many processes died within death_window seconds"))
-    death_window: float = field(default=300.0, metadata=_help("see max_deaths"))
-    status_interval: float = field(default=5.0, metadata=_help("seconds between console status lines"))
+        "seconds between writes of latest.pt, whatever the evaluator does: what a crash can lose at most"))
+
+    # Run control.
+    total_frames: int = field(default=20_000_000, metadata=_help(
+        "stop after this many environment frames (the frame skip counted)"))
+    time_limit: float | None = field(default=None, metadata=_help(
+        "also stop after this many seconds of training", "no limit"))
+    seed: int = field(default=1, metadata=_help("base seed: worker i seeds its environments and actions from (seed, i)"))
     runs_dir: str = field(default="runs", metadata=_help("parent folder of new run directories"))
-    run_name: str | None = field(default=None, metadata=_help(
-        "run directory name", "game and start time"))
+    run_name: str | None = field(default=None, metadata=_help("run directory name", "game and start time"))
+    status_interval: float = field(default=5.0, metadata=_help("seconds between status lines"))
+    hang_timeout: float = field(default=60.0, metadata=_help(
+        "kill and replace a worker or evaluator that shows no progress this long (twice at start-up)"))
+    stop_timeout: float = field(default=30.0, metadata=_help(
+        "after Ctrl-C or SIGTERM the run ends within this many seconds, with a final checkpoint"))
+    max_deaths: int = field(default=5, metadata=_help(
+        "stop the run when this many children died (or hung) within death_window seconds"))
+    death_window: float = field(default=300.0, metadata=_help("see max_deaths"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
-        """A Config from saved or user settings. Settings files of earlier versions are read as
-        they were meant: `reward_clip` (true: clip, false: scale) became `reward_transform`, and
-        the bodies `seed` and `nature` are called `tutorial` and `mnih2013`."""
-        values = dict(values)
-        if values.get("body") in RENAMED_BODIES:
-            old, values["body"] = values["body"], RENAMED_BODIES[values["body"]]
-            print(f"a3c: note: body {old!r} is now called {values['body']!r}", file=sys.stderr)
-        if "reward_clip" in values:
-            clip = values.pop("reward_clip")
-            values.setdefault("reward_transform", "clip" if clip else "scale")
-        for name in REMOVED.keys() & values.keys():
-            del values[name]
-            print(f"a3c: note: setting {name!r} is gone: {REMOVED[name]}", file=sys.stderr)
+        """A Config from user or saved settings; those of earlier versions are read by read_older."""
+        values = read_older(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -272,6 +219,60 @@ class Config:
         return "bfloat16" if fast else "float32"
 
 
+# `a3c train --help` shows the settings in these groups, in this order (every field in one).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "environment": ("env_id", "screen_size", "frame_skip", "frame_stack", "noop_max", "sticky_actions",
+                    "terminal_on_life_loss", "max_episode_frames", "reward_transform", "reward_scale"),
+    "network": ("body", "frame_norm", "lstm", "mlp_hidden", "precision"),
+    "optimisation": ("workers", "envs_per_worker", "t_max", "optimizer", "lr", "lr_anneal", "adam_beta1",
+                     "adam_beta2", "adam_eps", "rmsprop_alpha", "rmsprop_eps", "gamma", "gae_lambda",
+                     "entropy_coef", "value_loss_coef", "max_grad_norm"),
+    "evaluation and checkpoints": ("eval_interval", "eval_every_frames", "eval_episodes", "eval_cpu_share",
+                                   "eval_device", "eval_greedy", "checkpoint_interval"),
+    "run control": ("total_frames", "time_limit", "seed", "runs_dir", "run_name", "status_interval",
+                    "hang_timeout", "stop_timeout", "max_deaths", "death_window"),
+}
+
+
+# -- settings of earlier versions ----------------------------------------------------------------
+# Values renamed since: (setting, old value) -> new value.
+RENAMED_VALUES = {("body", "seed"): "tutorial", ("body", "nature"): "mnih2013"}
+# Settings gone: the value that is now the only behaviour (None: any value is dropped), and why.
+REMOVED: dict[str, tuple[Any, str]] = {
+    "activation": ("relu", "the conv bodies use ReLU; ELU lost every comparison (docs/experiments.md)"),
+    "eval_niceness": (None, "the evaluator keeps to a share of the CPU instead (eval_cpu_share)"),
+}
+# Values gone, and why: a run that used one cannot be read by this version.
+REMOVED_VALUES = {("frame_norm", "standardize"): "standardized frames lost to background (docs/experiments.md)"}
+# Settings that earlier versions did not save, with the value their runs had (Config.from_saved).
+UNSAVED_BEFORE = {"optimizer": "adam", "terminal_on_life_loss": False, "frame_norm": "scale"}
+
+
+def read_older(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings written by an earlier version (a run's config.json or checkpoint, a settings file),
+    as this version reads them: renamed values and settings under their new names, removed settings
+    dropped with a note where the run had what is now the only behaviour, refused where it had not."""
+    values = dict(values)
+    for (name, old), new in RENAMED_VALUES.items():
+        if values.get(name) == old:
+            values[name] = new
+            print(f"a3c: note: {name} {old!r} is now called {new!r}", file=sys.stderr)
+    if "reward_clip" in values:  # a boolean before reward_transform: true clipped, false scaled
+        clip = values.pop("reward_clip")
+        values.setdefault("reward_transform", "clip" if clip else "scale")
+    for name in REMOVED.keys() & values.keys():
+        kept, why = REMOVED[name]
+        value = values.pop(name)
+        if kept is not None and value != kept:
+            raise ConfigError(f"{name} {value!r} is no longer supported: {why}")
+        if kept is None:
+            print(f"a3c: note: setting {name!r} is gone: {why}", file=sys.stderr)
+    for (name, value), why in REMOVED_VALUES.items():
+        if values.get(name) == value:
+            raise ConfigError(f"{name} {value!r} is no longer supported: {why}")
+    return values
+
+
 @functools.cache
 def cpu_has_native_bfloat16() -> bool:
     """AVX-512 BF16 or AMX-BF16 among the CPU's flags (Linux); elsewhere assume not: emulated
@@ -315,10 +316,11 @@ def validate(config: Config) -> None:
         raise ConfigError(f"sticky_actions must lie in [0, 1), got {config.sticky_actions}")
     if config.reward_scale is not None:
         _positive("reward_scale", config.reward_scale)
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ConfigError(f"{name} must lie in [0, 1), got {getattr(config, name)}")
     if not 0 < config.rmsprop_alpha < 1:
         raise ConfigError(f"rmsprop_alpha must lie in (0, 1), got {config.rmsprop_alpha}")
-    if config.activation not in ACTIVATIONS:
-        raise ConfigError(f"activation must be {' or '.join(ACTIVATIONS)}; got {config.activation!r}")
     if config.frame_norm not in FRAME_NORMS:
         raise ConfigError(f"frame_norm must be {' or '.join(FRAME_NORMS)}; got {config.frame_norm!r}")
     if config.optimizer not in OPTIMIZERS:

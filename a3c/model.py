@@ -12,8 +12,8 @@ from a3c.config import Config
 
 LstmState = tuple[torch.Tensor, torch.Tensor]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # Config's number formats
-# Added to an observation's standard deviation (frame_norm standardize or background), on the [0, 1]
-# scale: a few grey levels, where Atari frames measured 0.14-0.25; a blank frame comes out near zero.
+# Added to an observation's standard deviation (frame_norm background), on the [0, 1] scale: a few
+# grey levels, well below an Atari frame's; a blank frame comes out near zero.
 STANDARDIZE_EPS = 1e-2
 
 
@@ -45,21 +45,21 @@ def bias_of(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
 class ActorCritic(nn.Module):
     """Maps observations (and an LSTM state) to policy logits and a state value.
 
-    uint8 image observations are scaled to [0, 1] (or, with frame_norm standardize or background,
-    centred and amplified per observation) inside, so workers keep frames in uint8.
+    uint8 image observations are scaled to [0, 1] (or, with frame_norm background, centred on their
+    commonest value and amplified per observation) inside, so workers keep frames in uint8. The body
+    is ReLU for images, tanh for vectors.
     The body calls the functional ops directly: a worker runs it once per step on a few frames,
     where nn.Module call overhead was about a fifth of the time.
     """
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, body: str = "tutorial",
-                 lstm: bool = False, mlp_hidden: int = 64, activation: str = "relu",
-                 frame_norm: str = "scale") -> None:
+                 lstm: bool = False, mlp_hidden: int = 64, frame_norm: str = "scale") -> None:
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.n_actions = n_actions
         self.is_image = body != "mlp"
         self.frame_norm = frame_norm if self.is_image else "none"  # vector observations go in as they are
-        self.activation = activation if self.is_image else "tanh"
+        self.activation = "relu" if self.is_image else "tanh"
         if self.is_image:
             self.convs, self.features = _conv_layers(body, obs_shape[0])
             self.hidden = nn.ModuleList()  # the conv output's size comes from activation_shapes()
@@ -130,8 +130,8 @@ class ActorCritic(nn.Module):
             x = obs.to(dtype)
         if self.frame_norm == "scale":  # a copy then in-place scaling: half the time of a mixed uint8-by-float multiply
             x.mul_(1.0 / 255.0)
-        elif self.frame_norm != "none":  # in place, as the scaling, so into the tape too
-            scale, shift = _standardizing(x, commonest_values(obs) if self.frame_norm == "background" else None)
+        elif self.frame_norm == "background":  # in place, as the scaling, so into the tape too
+            scale, shift = _background_removal(x, commonest_values(obs))
             x.mul_(scale).sub_(shift)
         for i, (layer, (weight, bias)) in enumerate(zip(self.body_layers(), weights, strict=True)):
             if isinstance(layer, nn.Conv2d):
@@ -141,8 +141,6 @@ class ActorCritic(nn.Module):
             out = None if record is None else record[i + 1]
             if self.activation == "tanh":
                 x = torch.tanh(x, out=out)
-            elif self.activation == "elu":
-                x = F.elu(x) if out is None else torch.ops.aten.elu.out(x, 1.0, 1, 1, out=out)
             elif out is None:  # relu's gradient at 0 is 0, as the replayed backward takes it
                 x = torch.relu(x)
             else:  # into the tape: relu has no out=
@@ -174,13 +172,11 @@ def _rows(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 2, 3, 1).reshape(len(pixels), -1)
 
 
-def _standardizing(pixels: torch.Tensor, centres: list[int] | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _background_removal(pixels: torch.Tensor, centres: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per observation of a batch of frames (pixel values 0-255, any layout and format): the factor
     and the offset that make it (pixels - centre) / 255 / (std + STANDARDIZE_EPS), the centre being
-    the observation's mean, or `centres` where given. From the sum and the sum of squares in
-    float32, the rest in Python: torch.std_mean took 6 times a 4-frame batch's first convolution,
-    and each small tensor op costs more than its arithmetic here."""
+    the observation's commonest value. From the sum and the sum of squares in float32, the rest in
+    Python: each small tensor op costs more than its arithmetic here."""
     flat = _rows(pixels).float()
     count = flat.shape[1]
     scales, shifts = [], []
@@ -189,7 +185,7 @@ def _standardizing(pixels: torch.Tensor, centres: list[int] | None = None
         mean = total / count
         scale = 1.0 / (math.sqrt(max(norm * norm / count - mean * mean, 0.0)) + 255.0 * STANDARDIZE_EPS)
         scales.append(scale)
-        shifts.append((mean if centres is None else centres[i]) * scale)
+        shifts.append(centres[i] * scale)
     shape = (-1, 1, 1, 1)
     return (torch.tensor(scales, dtype=pixels.dtype, device=pixels.device).view(shape),
             torch.tensor(shifts, dtype=pixels.dtype, device=pixels.device).view(shape))
@@ -214,8 +210,7 @@ def setup_cpu_compute() -> None:
 
 
 def build_model(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> ActorCritic:
-    return ActorCritic(obs_shape, n_actions, config.model_body, config.lstm, config.mlp_hidden, config.activation,
-                       config.frame_norm)
+    return ActorCritic(obs_shape, n_actions, config.model_body, config.lstm, config.mlp_hidden, config.frame_norm)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -41,8 +41,6 @@ class _ReplayedLayer(torch.autograd.Function):
             grad_output = grad_output.contiguous(memory_format=torch.channels_last)
         if ctx.activation == "relu":
             grad = torch.ops.aten.threshold_backward(grad_output, output, 0)
-        elif ctx.activation == "elu":  # from the output: 1 where positive, output + 1 below
-            grad = torch.ops.aten.elu_backward(grad_output, 1.0, 1, 1, True, output)
         else:
             grad = torch.ops.aten.tanh_backward(grad_output, output)
         compute_weight = weight.to(x.dtype)
@@ -59,8 +57,8 @@ class _ReplayedLayer(torch.autograd.Function):
 
 def check_replayable(model: ActorCritic) -> None:
     """The backward of _ReplayedLayer covers the body layers ActorCritic builds: convolutions
-    without padding or dilation in one group, linear maps, each with a bias, then ReLU, ELU or tanh."""
-    if model.activation not in ("relu", "elu", "tanh"):
+    without padding or dilation in one group, linear maps, each with a bias, then ReLU or tanh."""
+    if model.activation not in ("relu", "tanh"):
         raise ValueError(f"cannot replay the activation {model.activation!r}")
     for layer in model.body_layers():
         if layer.bias is None:

@@ -21,7 +21,8 @@ def build_optimizer(config: Config, params: torch.Tensor) -> SharedOptimizer:
     """The run's shared optimizer over the flat shared weights."""
     if config.optimizer == "rmsprop":
         return SharedRMSprop([params], lr=config.learning_rate, alpha=config.rmsprop_alpha, eps=config.rmsprop_eps)
-    return SharedAdam([params], lr=config.learning_rate, eps=config.adam_eps)
+    return SharedAdam([params], lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                      eps=config.adam_eps)
 
 
 @dataclass

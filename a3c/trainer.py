@@ -195,8 +195,8 @@ class Trainer:
         """Stop a run whose ReLU body died: when every worker reports that no unit of the body's last
         layer fired on any observation, no gradient reaches the body again and the run can only
         waste its remaining time (a Breakout run's did so at 29.4 M frames, docs/benchmarks.md)."""
-        if self.config.model_body == "mlp" or self.config.activation != "relu":
-            return  # tanh and ELU units always pass gradient
+        if self.config.model_body == "mlp":
+            return  # tanh units always pass gradient
         if stats.active_units > 0:
             self.dead_body_workers.discard(stats.worker)
             return

@@ -3,9 +3,6 @@ hidden units) whose output is positive somewhere on N frames of random play. A R
 never positive gets no gradient and never learns again.
 
     python scripts/dead_units.py runs/KungFuMaster-seed1/checkpoints/latest.pt [more checkpoints] [--frames 600] [--detail]
-
-With ELU (`--activation elu`) a unit that is never positive still passes gradient; its count says
-how many units ever take the linear side.
 """
 
 from __future__ import annotations

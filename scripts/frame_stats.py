@@ -1,12 +1,13 @@
 """What the network's input looks like in a game: the per-observation pixel statistics of N frames
-of random play (on the [0, 1] scale), and what `--frame-norm standardize` and `background` make of them.
+of random play (on the [0, 1] scale), and the gain and the background that `--frame-norm background`
+takes from them.
 
     python scripts/frame_stats.py --env-id ALE/Pong-v5 ALE/Breakout-v5 ALE/KungFuMaster-v5 [--frames 3000]
 
-If an observation's mean and standard deviation hardly vary within a game, standardising each
-observation is, in effect, one fixed affine transform for the game: a shift and a gain. "0 becomes"
-is what a black pixel becomes when standardised; "background" is the commonest pixel value, which
-`--frame-norm background` subtracts in place of the mean.
+If an observation's statistics hardly vary within a game, the transform is in effect one fixed
+shift and gain for the game. "gain" is 1 / (std + eps); "0 becomes" is what a black pixel would
+become centred on the mean (docs/experiments.md: centring on the mean slowed Breakout);
+"background" is the commonest pixel value, the centre `background` takes.
 """
 
 from __future__ import annotations

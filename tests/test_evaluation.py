@@ -3,7 +3,6 @@ request; Atari rewards clipped by default; settings saved by earlier versions re
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -148,40 +147,3 @@ def test_normalized_rewards_are_bounded_while_the_estimate_rests_on_few_returns(
     rewards[-1, 0] = 1.0  # Pong's first point after 199 empty steps: the returns' spread is 0.07
     normalizer(rewards, np.zeros((200, 1), bool))
     assert rewards[-1, 0] == ReturnNormalizer.CLIP and not rewards[:-1].any()
-
-
-def test_a_configuration_saved_by_an_earlier_version_keeps_its_meaning(tmp_path, capsys):
-    # As written by the version whose defaults were one environment per worker, t_max 20, lr 1e-4,
-    # scaled rewards and greedy evaluation.
-    saved = {**Config().to_dict(), "envs_per_worker": 1, "t_max": 20, "lr": 1e-4, "eval_greedy": True,
-             "reward_scale": None, "body": "seed", "screen_size": 42}
-    del saved["reward_transform"]
-    for clip, transform, scale in ((False, "scale", 0.01), (True, "clip", 1.0)):
-        (tmp_path / "config.json").write_text(json.dumps({**saved, "reward_clip": clip}))
-        config = Config.from_dict(json.loads((tmp_path / "config.json").read_text()))
-        assert (config.training_reward_transform, config.training_reward_scale) == (transform, scale)
-        assert config.eval_greedy is True
-        assert (config.envs_per_worker, config.t_max, config.lr) == (1, 20, 1e-4)
-        assert (config.body, config.screen_size) == ("tutorial", 42)
-        assert "body 'seed' is now called 'tutorial'" in capsys.readouterr().err
-    nature = Config.from_dict({**saved, "body": "nature", "screen_size": 84})
-    assert nature.model_body == "mnih2013"
-
-
-def test_a_saved_run_without_later_settings_keeps_the_network_optimizer_and_episodes_it_had():
-    # Runs saved before `activation`, `optimizer`, `terminal_on_life_loss` and `frame_norm` existed
-    # trained ReLU networks on frames scaled to [0, 1] with Adam, on episodes that only game over
-    # ended; read back (to resume or evaluate), they stay so whatever today's defaults. New settings
-    # without them take today's defaults.
-    saved = Config().to_dict()
-    del saved["activation"], saved["optimizer"], saved["terminal_on_life_loss"], saved["frame_norm"]
-    config = Config.from_saved(saved)
-    assert (config.activation, config.optimizer, config.terminal_on_life_loss) == ("relu", "adam", False)
-    assert config.frame_norm == "scale"
-    assert Config.from_saved({**saved, "frame_norm": "standardize"}).frame_norm == "standardize"
-    assert Config.from_saved({**saved, "activation": "elu", "optimizer": "rmsprop"}).activation == "elu"
-    assert Config.from_saved({**saved, "terminal_on_life_loss": True}).terminal_on_life_loss is True
-    fresh = Config.from_dict(saved)
-    assert (fresh.activation, fresh.optimizer, fresh.terminal_on_life_loss, fresh.frame_norm) == (
-        Config().activation, Config().optimizer, Config().terminal_on_life_loss, Config().frame_norm)
-    assert (Config().terminal_on_life_loss, Config().frame_norm) == (True, "background")

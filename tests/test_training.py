@@ -90,10 +90,9 @@ def test_cartpole_learns_well_above_random(tmp_path):
     assert checkpoint["score"]["mean_reward"] == best
 
 
-@pytest.mark.parametrize("lstm,activation", [(False, "relu"), (True, "relu"), (False, "elu")],
-                         ids=["feedforward", "lstm", "elu"])
-def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm, activation):
-    config = Config(workers=2, total_frames=4000, lstm=lstm, activation=activation, eval_episodes=1,
+@pytest.mark.parametrize("lstm", [False, True], ids=["feedforward", "lstm"])
+def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm):
+    config = Config(workers=2, total_frames=4000, lstm=lstm, eval_episodes=1,
                     eval_interval=600, max_episode_frames=4000, runs_dir=str(tmp_path), run_name="smoke")
     assert Trainer(config).run() == 0
     run_dir = tmp_path / "smoke"

@@ -90,15 +90,13 @@ def assert_same_gradient(received: torch.Tensor, reference: torch.Tensor, precis
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("lstm", [False, True], ids=["feedforward", "lstm"])
-@pytest.mark.parametrize("envs,env_id,activation,frame_norm", [
-    (1, "CartPole-v1", "relu", "scale"), (3, "CartPole-v1", "relu", "scale"),
-    (1, "ALE/KungFuMaster-v5", "relu", "scale"), (3, "ALE/KungFuMaster-v5", "relu", "scale"),
-    (3, "ALE/KungFuMaster-v5", "elu", "scale"), (3, "ALE/KungFuMaster-v5", "relu", "standardize"),
-    (3, "ALE/KungFuMaster-v5", "relu", "background")],
-    ids=["mlp", "mlp-several-envs", "conv", "conv-several-envs", "conv-elu", "conv-standardized", "conv-background"])
-def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, activation, frame_norm, precision):
+@pytest.mark.parametrize("envs,env_id,frame_norm", [
+    (1, "CartPole-v1", "scale"), (3, "CartPole-v1", "scale"), (1, "ALE/KungFuMaster-v5", "scale"),
+    (3, "ALE/KungFuMaster-v5", "scale"), (3, "ALE/KungFuMaster-v5", "background")],
+    ids=["mlp", "mlp-several-envs", "conv", "conv-several-envs", "conv-background"])
+def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, frame_norm, precision):
     config = Config(env_id=env_id, workers=1, t_max=8, lstm=lstm, lr=1e-2, envs_per_worker=envs,
-                    activation=activation, frame_norm=frame_norm, precision=precision,
+                    frame_norm=frame_norm, precision=precision,
                     max_grad_norm=1e9)  # no clipping: the raw gradient is compared
     obs_shape, n_actions = env_spaces(config)
     model = build_model(config, obs_shape, n_actions)
