@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -98,8 +99,16 @@ def auto_exchange_interval(parameters: int) -> float:
 
 
 def check_answers(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Connect once from a child process, which we can end: ray.init on an address where no cluster
-    listens retries for minutes."""
+    """Refuse at once an address where nothing listens; else connect once from a child process,
+    which we can end: ray.init on an address where no cluster answers retries for minutes."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=min(timeout, 5.0)).close()
+    except ValueError:
+        raise ConfigError(f"--ray {address}: give the cluster's address as HOST:PORT") from None
+    except OSError as error:
+        raise ConfigError(f"no Ray cluster answered at {address} ({error.strerror or error}; start one there with "
+                          "`ray start --head --port PORT`, or leave out the address to run on this machine)") from None
     probe = "import sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False)"
     try:
         subprocess.run([sys.executable, "-c", probe, address], timeout=timeout, capture_output=True,

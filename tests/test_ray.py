@@ -307,19 +307,18 @@ def test_more_nodes_than_the_cluster_has_is_one_line(cluster, tmp_path):
     assert not any(tmp_path.iterdir())  # no run directory
 
 
-def test_an_address_that_does_not_answer_is_one_line_within_seconds(tmp_path):
+def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'a3c[ray]')")
     with socket.socket() as probe:  # a loopback port where nothing listens
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     start = time.monotonic()
     result = _a3c(["--ray", f"127.0.0.1:{port}", "--env-id", "CartPole-v1", "--runs-dir", str(tmp_path)], tmp_path)
-    assert time.monotonic() - start < 60
+    assert time.monotonic() - start < 20  # the interpreter's start and imports: nothing waits for an answer
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith(f"a3c: error: no Ray cluster answered at 127.0.0.1:{port}") or \
-        lines[-1].startswith(f"a3c: error: cannot join the Ray cluster at 127.0.0.1:{port}"), result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        (f"a3c: error: no Ray cluster answered at 127.0.0.1:{port} (Connection refused; start one there with "
+        "`ray start --head --port PORT`, or leave out the address to run on this machine)")], result.stderr
 
 
 def test_without_ray_installed_it_says_how_to_install_it(tmp_path):
