@@ -54,6 +54,8 @@ class AtariEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(len(self._actions))
         self.observation_space = gym.spaces.Box(0, 255, (frame_stack, screen_size, screen_size), np.uint8)
         self.screen_size = screen_size
+        self.sticky_actions = sticky_actions
+        self._emulator_seeded = False
         self.frame_skip = frame_skip
         self.noop_max = noop_max
         self.max_episode_frames = max_episode_frames
@@ -79,7 +81,11 @@ class AtariEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        self._base.reset(seed=seed)
+        # Seeding the emulator reloads the game (a tenth of a second). Its random numbers serve
+        # sticky actions only, so without them it is seeded once and reset without reloading.
+        reseed = seed is not None and (self.sticky_actions > 0 or not self._emulator_seeded)
+        self._base.reset(seed=seed if reseed else None)
+        self._emulator_seeded = self._emulator_seeded or reseed
         noops = int(self.np_random.integers(1, self.noop_max + 1)) if self.noop_max > 0 else 0
         for _ in range(noops):
             self._ale.act(self._actions[0])

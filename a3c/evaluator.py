@@ -34,7 +34,14 @@ from a3c.messages import (
     WriteFailed,
     parent_gone,
 )
-from a3c.model import ActorCritic, build_model, setup_cpu_compute
+from a3c.model import (
+    DTYPES,
+    ActorCritic,
+    build_model,
+    observation_buffer,
+    setup_cpu_compute,
+    write_observation,
+)
 from a3c.shared import EVALUATE_AT_END, STOP, WORKERS_DONE, SharedTraining
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation episodes never share seeds with the workers'
@@ -83,12 +90,13 @@ def evaluation_envs(config: Config, episodes: int) -> list[gym.Env]:
 def evaluate_policy(model: ActorCritic, envs: gym.Env | Sequence[gym.Env], episodes: int, greedy: bool = False,
                     seed: int = EVAL_SEED_OFFSET, device: torch.device | str = "cpu",
                     on_frame: Callable[[int, gym.Env], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> Score | None:
+                    should_stop: Callable[[], bool] | None = None, precision: str = "float32") -> Score | None:
     """Play `episodes` whole episodes on `envs` side by side, one batched forward pass a step: each
     environment plays the next episode when it finishes one, and episode i is reset with seed + i,
     so the same weights on as many environments give the same score (on one, the episodes are
-    played one after another). `on_frame(episode, env)` is called after every reset and step
-    (video). Returns None if `should_stop()`, asked every few steps, turns true part way."""
+    played one after another). The body runs in `precision` (the workers' when the evaluator plays
+    on their CPU). `on_frame(episode, env)` is called after every reset and step (video). Returns
+    None if `should_stop()`, asked every few steps, turns true part way."""
     envs = [envs] if isinstance(envs, gym.Env) else list(envs)[:episodes]
     returns, lengths = [0.0] * episodes, [0] * episodes
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -103,11 +111,14 @@ def evaluate_policy(model: ActorCritic, envs: gym.Env | Sequence[gym.Env], episo
         return episode, obs
 
     playing = [start(env) for env in envs]  # row by row: (episode, observation), on envs[row]
+    batch, storage = observation_buffer(len(envs), model.obs_shape, playing[0][1].dtype)  # as the workers'
     state = model.initial_state(len(envs), device)
+    weights = model.body_weights(DTYPES[precision])
     step = 0
     while envs:
-        observations = torch.as_tensor(np.stack([obs for _, obs in playing]), device=device)
-        logits, _, state = model(observations, state)
+        for slot, (_, obs) in zip(storage, playing, strict=False):
+            write_observation(slot, obs)
+        logits, _, state = model.core(model.encode(batch[:len(envs)].to(device), weights), state)
         if greedy:
             actions = logits.argmax(-1)
         else:
@@ -174,6 +185,7 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
     model = build_model(config, obs_shape, n_actions).to(device)
     cpu_model = build_model(config, obs_shape, n_actions)  # host copy of the weights for checkpoints
     cpu_per_second = config.eval_cpu_share * len(os.sched_getaffinity(0))
+    precision = config.network_precision if device.type == "cpu" else "float32"  # the policy as the workers act
     log: EvaluationLog | None = None
 
     def orphaned() -> bool:
@@ -196,7 +208,7 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
         torch.nn.utils.vector_to_parameters(weights, cpu_model.parameters())
         model.load_state_dict(cpu_model.state_dict())
         score = evaluate_policy(model, envs, config.eval_episodes, config.eval_greedy, device=device,
-                                should_stop=cut_short)
+                                should_stop=cut_short, precision=precision)
         if score is None:  # cut short by the stop flag
             return
         assert log is not None  # opened before the first evaluation

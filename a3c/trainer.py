@@ -262,10 +262,10 @@ class Trainer:
         weights = self.shared.params.clone()
         if not bool(torch.isfinite(weights).all()):
             return False
+        # The snapshot model is written again only once this write is done (busy() and wait()).
         torch.nn.utils.vector_to_parameters(weights, self.snapshot_model.parameters())
-        state = {name: tensor.clone() for name, tensor in self.snapshot_model.state_dict().items()}
-        payload = checkpoint_payload(self.config, self.shared, state, self.obs_shape, self.n_actions, frames,
-                                     episodes, None, self.best_score)
+        payload = checkpoint_payload(self.config, self.shared, self.snapshot_model.state_dict(), self.obs_shape,
+                                     self.n_actions, frames, episodes, None, self.best_score)
         self.checkpoints.write(self.run_dir / CHECKPOINT_DIR / LATEST, payload)
         return True
 

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,9 @@ from a3c.model import (
     bind_flat_gradients,
     bind_flat_parameters,
     build_model,
+    observation_buffer,
     setup_cpu_compute,
+    write_observation,
 )
 from a3c.replay import ReplayTape
 from a3c.shared import SharedTraining
@@ -83,28 +84,6 @@ def sample_actions(logits: torch.Tensor, gumbel_noise: np.ndarray) -> np.ndarray
     given standard Gumbel noise of the logits' shape (a worker draws a whole rollout's at once), and
     a few microseconds against about 30 for torch.multinomial on one row."""
     return np.argmax(logits.numpy() + gumbel_noise, axis=1)
-
-
-def observation_buffer(batch: int, obs_shape: tuple[int, ...], dtype: np.dtype) -> tuple[torch.Tensor, np.ndarray]:
-    """A zeroed (batch, *obs_shape) tensor for the current observations, and the numpy array to
-    write it through. Image observations (C, H, W) are stored channels-last (H, W, C in memory),
-    the layout oneDNN's convolutions take, so that the acting pass converts no layout."""
-    if len(obs_shape) != 3:
-        tensor = torch.from_numpy(np.zeros((batch, *obs_shape), dtype))
-        return tensor, tensor.numpy()
-    channels, height, width = obs_shape
-    storage = np.zeros((batch, height, width, channels), dtype)
-    return torch.from_numpy(storage).permute(0, 3, 1, 2), storage
-
-
-def write_observation(slot: np.ndarray, obs: np.ndarray) -> None:
-    """Store one environment observation into its `observation_buffer` slot."""
-    if obs.ndim == 3:
-        # (C, H, W) to (H, W, C): 2.4 us for 4x42x42, against 7 for numpy's strided copy. cv2
-        # writes into `slot` in place because its shape and type fit (tests check the result).
-        cv2.merge(tuple(obs), slot)
-    else:
-        slot[...] = obs
 
 
 @dataclass

@@ -119,6 +119,7 @@ def test_the_body_sees_frames_scaled_or_less_their_background_per_observation(fr
     torch.testing.assert_close(model(obs)[0], recorded_logits)
 
 
+@pytest.mark.slow
 def test_frame_stats_reports_a_games_pixel_statistics_and_the_background_gain():
     script = Path(__file__).resolve().parents[1] / "scripts" / "frame_stats.py"
     result = subprocess.run([sys.executable, str(script), "--env-id", "ALE/Pong-v5", "--frames", "40"],
@@ -230,3 +231,21 @@ def test_a_tape_refuses_layers_its_backward_does_not_cover():
     model.convs[1].padding = (1, 1)
     with pytest.raises(ValueError, match="only convolutions without padding"):
         ReplayTape(model, 2, 3, torch.float32)
+
+
+@pytest.mark.parametrize("game", ["ALE/Pong-v5", "ALE/Breakout-v5"])
+def test_a_seeded_reset_plays_the_same_episode_however_the_environment_was_used_before(game):
+    # The emulator is seeded once (reloading the game takes a tenth of a second) and reset without
+    # reloading after that: with no sticky actions its random numbers are never drawn.
+    def episode_start(env):
+        observations = [env.reset(seed=7)[0]]
+        actions = np.random.default_rng(3).integers(env.action_space.n, size=200)
+        observations += [env.step(int(action))[0] for action in actions]
+        return np.stack(observations)
+
+    used = make_env(Config(env_id=game))
+    used.reset(seed=1)
+    for action in np.random.default_rng(0).integers(used.action_space.n, size=400):
+        if any(used.step(int(action))[2:4]):
+            used.reset()
+    assert np.array_equal(episode_start(used), episode_start(make_env(Config(env_id=game))))

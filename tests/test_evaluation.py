@@ -62,6 +62,7 @@ def test_evaluation_samples_from_the_policy_unless_asked_to_play_greedily(greedy
         assert shares[0] == pytest.approx(0.275, abs=0.08) and shares[2] == pytest.approx(0.275, abs=0.08)
 
 
+@pytest.mark.slow
 def test_the_trainer_and_a3c_eval_evaluate_the_sampled_policy_by_default(tmp_path):
     assert Config().eval_greedy is False
     config = Config(env_id="CartPole-v1")
@@ -147,3 +148,16 @@ def test_normalized_rewards_are_bounded_while_the_estimate_rests_on_few_returns(
     rewards[-1, 0] = 1.0  # Pong's first point after 199 empty steps: the returns' spread is 0.07
     normalizer(rewards, np.zeros((200, 1), bool))
     assert rewards[-1, 0] == ReturnNormalizer.CLIP and not rewards[:-1].any()
+
+
+@pytest.mark.parametrize("lstm", [False, True], ids=["feedforward", "lstm"])
+def test_episodes_played_side_by_side_score_as_played_one_after_another(lstm):
+    # Greedy play is a function of each episode's observations (its reset seed) and, with an LSTM,
+    # of a state that each new episode starts from zero: rows that finish, drop out or start a new
+    # episode on a shared batch must not disturb the others.
+    config = Config(env_id="CartPole-v1", lstm=lstm)
+    model = build_model(config, (4,), 2)
+    one = evaluate_policy(model, gym.make("CartPole-v1"), episodes=7, greedy=True, seed=5)
+    side_by_side = evaluate_policy(model, [gym.make("CartPole-v1") for _ in range(3)], episodes=7, greedy=True,
+                                   seed=5)
+    assert one == side_by_side and one.n_episodes == 7 and one.std_reward > 0
