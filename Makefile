@@ -56,7 +56,7 @@ EVAL_FLAGS = --runs-dir $(RUNS_DIR) $(call opt,--run,$(RUN)) $(call opt,--checkp
 	--episodes $(EPISODES) --device $(DEVICE) $(if $(filter 1 yes true,$(VIDEO)),--video) \
 	$(if $(filter 1 yes true,$(GREEDY)),--greedy) $(ARGS)
 
-.PHONY: install train train-ray eval plot test lint bench clean
+.PHONY: install train train-ray eval plot test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,10 @@ RUFF_RULES = --extend-select B,UP,RUF,B905
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The unit tests alone (gradients, optimizers, returns, settings, environments, messages): the edit loop.
+test-fast: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check $(RUFF_RULES) a3c tests scripts

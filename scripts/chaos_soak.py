@@ -156,8 +156,11 @@ def soak(options: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
     unfinished = (worker_faults + options.workers) * config["envs_per_worker"] * longest
 
     # The run resumes from its checkpoint.
+    # With the default supervision: the soak's short hang timeout is for its faults, not for a resume
+    # that may start beside other work.
     resumed = subprocess.run([sys.executable, "-m", "a3c", "train", "--resume", str(run_dir), "--total-frames",
-                              str(payload["frames"] + options.resume_frames), "--time-limit", "120"],
+                              str(payload["frames"] + options.resume_frames), "--time-limit", "120",
+                              "--hang-timeout", "60"],
                              cwd=runs_dir, capture_output=True, text=True, timeout=600, check=False)
     after = torch.load(latest, map_location="cpu", weights_only=True)
 

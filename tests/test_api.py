@@ -11,6 +11,8 @@ import pytest
 from a3c import Config, Policy, resume, train
 from a3c.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.slow  # trains, or starts processes: left out by make test-fast
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

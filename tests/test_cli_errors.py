@@ -47,6 +47,7 @@ def test_bad_training_input(flags, message, tmp_path, capsys):
     assert not (tmp_path / "runs").exists()  # no run directory half-made
 
 
+@pytest.mark.slow
 def test_the_command_line_shows_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "a3c", "train", "--env-id", "NoSuchGame-v9",
                              "--runs-dir", str(tmp_path)], check=False, capture_output=True, text=True,

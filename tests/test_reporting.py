@@ -14,6 +14,8 @@ from a3c.cli import main
 from a3c.config import Config
 from tests.helpers import TrainProcess, write_checkpoint
 
+pytestmark = pytest.mark.slow  # trains, or starts processes: left out by make test-fast
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

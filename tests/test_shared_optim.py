@@ -88,6 +88,7 @@ def _step_in_child(optimizer: SharedAdam, grads: list[torch.Tensor]) -> None:
     optimizer.step(grads)
 
 
+@pytest.mark.slow
 def test_step_in_child_process_is_visible_in_parent():
     params = [p.share_memory_() for p in _params()]
     optimizer = SharedAdam(params, lr=0.1)
@@ -110,6 +111,7 @@ def _step_until_stopped(shared, seed: int) -> None:
         shared.optimizer.step([grad], lr=1e-3)
 
 
+@pytest.mark.slow
 def test_no_phantom_non_finite_weights_while_workers_step():
     # The trainer stops a run whose shared weights are non-finite. Checked on the live tensor while
     # processes stepped Adam, torch.isfinite (x == x) saw values change between its two reads and

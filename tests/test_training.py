@@ -21,6 +21,8 @@ from a3c.shared import SharedTraining
 from a3c.supervisor import POLL_S, Supervisor
 from a3c.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # trains, or starts processes: left out by make test-fast
+
 
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path) as f:
