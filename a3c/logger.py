@@ -8,6 +8,7 @@ A file that cannot be written (a full disk) never raises here: the first failure
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import threading
 import time
@@ -40,6 +41,28 @@ def append_csv(path: Path, fields: list[str]) -> tuple[TextIO, Any]:
     if new:
         writer.writerow(fields)
     return file, writer
+
+
+def drop_rows_after(path: Path, frames: int) -> int:
+    """Remove the rows of a run's CSV file (its first column: frames) past `frames`, and a last row
+    cut short: what a run wrote after its last checkpoint before it was killed, which its resume
+    trains again. Rewritten atomically; returns how many rows went."""
+    if not path.exists():
+        return 0
+    with open(path, newline="") as f:
+        text = f.read()
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        return 0
+    header, body = rows[0], rows[1:]
+    kept = [row for row in body if len(row) == len(header) and row[0].isdigit() and int(row[0]) <= frames]
+    if len(kept) == len(body) and text.endswith("\n"):
+        return 0
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as f:
+        csv.writer(f).writerows([header, *kept])
+    os.replace(temporary, path)
+    return len(body) - len(kept)
 
 
 def _tensorboard_writer(log_dir: Path) -> Any:
@@ -87,6 +110,9 @@ class RunLogger:
         self.bar_frames = initial_frames
         self.episodes_path = run_dir / TRAIN_EPISODES_CSV
         self.tensorboard_dir = run_dir / TENSORBOARD_DIR
+        if initial_frames > 0:  # a resume: what came after its checkpoint is trained again
+            for path in (self.episodes_path, run_dir / EVALUATIONS_CSV):
+                self._write(path, lambda path=path: self._drop_rows_after(path, initial_frames))
         self._write(self.episodes_path, self._open_episodes)
         if tensorboard:
             self._write(self.tensorboard_dir, self._open_tensorboard)
@@ -100,6 +126,12 @@ class RunLogger:
             action()
         except OSError as error:
             self.write_error = write_failure(path, error)
+
+    def _drop_rows_after(self, path: Path, frames: int) -> None:
+        dropped = drop_rows_after(path, frames)
+        if dropped:
+            self.message(f"{path.name}: {dropped} rows after the checkpoint's {frames:,} frames dropped "
+                         "(written before the run was killed; trained again now)")
 
     def _open_episodes(self) -> None:
         self.episodes_file, self.episodes = append_csv(self.episodes_path, EPISODE_FIELDS)

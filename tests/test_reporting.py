@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 from a3c.cli import main
 from a3c.config import Config
+from a3c.logger import EVALUATIONS_CSV, TRAIN_EPISODES_CSV, RunLogger
 from tests.helpers import TrainProcess, write_checkpoint
 
 pytestmark = pytest.mark.slow  # trains, or starts processes: left out by make test-fast
@@ -137,3 +139,24 @@ def test_plot_starts_without_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, timeout=120)
     assert result.stdout.split("\n")[-2] == "0 []", result.stdout
     assert (tmp_path / "runs" / "a" / "plot.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_resume_drops_the_rows_written_after_its_checkpoint(tmp_path):
+    """A run killed (power cut, OOM) after its last checkpoint wrote episodes and evaluations that
+    its resume trains again: they go, with a last row the kill cut short, and the rest stays."""
+    (tmp_path / TRAIN_EPISODES_CSV).write_text(
+        "frames,worker,return,length,time\n100,0,1.0,10,1.0\n200,1,2.0,10,2.0\n300,0,3.0,10,3.0\n31")
+    (tmp_path / EVALUATIONS_CSV).write_text(
+        "frames,episodes,time,mean_reward,std_reward,min_reward,max_reward,mean_ep_length,n_episodes\n"
+        "150,1,1.5,1.0,0.0,1.0,1.0,10.0,2\n")
+    console = io.StringIO()
+    logger = RunLogger(Config(env_id="CartPole-v1"), tmp_path, initial_frames=200, tensorboard=False,
+                       stream=console)
+    logger.episode(260, 1, 5.0, 10, 0.0)
+    logger.close()
+    assert logger.write_error is None
+    lines = (tmp_path / TRAIN_EPISODES_CSV).read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["frames", "100", "200", "260"]
+    assert (tmp_path / EVALUATIONS_CSV).read_text().splitlines()[1].startswith("150,")  # before: kept
+    assert "train_episodes.csv: 2 rows after the checkpoint's 200 frames dropped" in console.getvalue()
+    assert "evaluations.csv" not in console.getvalue()
