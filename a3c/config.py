@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,10 +21,9 @@ BODIES = ("auto", "mnih2013", "mnih2015", "tutorial", "mlp")
 OPTIMIZERS = ("adam", "rmsprop")
 FRAME_NORMS = ("background", "scale")
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
-# The default learning rate: BASE_LR up to BASE_LR_WORKERS workers, less above (Config.learning_rate).
+# The default learning rate of each optimizer, for any number of workers (Config.learning_rate).
 # RMSProp's is baselines' A2C's (and pytorch-a2c-ppo-acktr's), not searched here.
-BASE_LR = {"adam": 3e-4, "rmsprop": 7e-4}
-BASE_LR_WORKERS = 2
+DEFAULT_LR = {"adam": 3e-4, "rmsprop": 7e-4}
 
 
 class ConfigError(ValueError):
@@ -97,7 +95,7 @@ class Config:
     optimizer: str = field(default="adam", metadata=_help(
         "the shared optimizer: adam, or rmsprop (the A3C paper's shared RMSProp)"))
     lr: float | None = field(default=None, metadata=_help(
-        "learning rate", "adam 3e-4 (rmsprop 7e-4) up to 2 workers, times sqrt(2/workers) above"))
+        "learning rate", "adam 3e-4, rmsprop 7e-4, for any number of workers"))
     lr_anneal: bool = field(default=False, metadata=_help("anneal the learning rate linearly to 0 over total_frames"))
     adam_beta1: float = field(default=0.9, metadata=_help("Adam's decay of the mean gradient (its momentum)"))
     adam_beta2: float = field(default=0.999, metadata=_help("Adam's decay of the mean squared gradient"))
@@ -118,7 +116,7 @@ class Config:
     eval_every_frames: int | None = field(default=None, metadata=_help(
         "also evaluate after every this many frames, whatever the interval and the CPU share", "off"))
     eval_episodes: int = field(default=10, metadata=_help("episodes per evaluation, played side by side"))
-    eval_cpu_share: float = field(default=0.04, metadata=_help(
+    eval_cpu_share: float = field(default=0.045, metadata=_help(
         "the evaluator waits after each evaluation until its CPU time is within this share of the machine's"))
     eval_device: str = field(default="auto", metadata=_help("the evaluator's device: auto (cuda if any), cuda or cpu"))
     eval_greedy: bool = field(default=False, metadata=_help(
@@ -199,14 +197,10 @@ class Config:
 
     @property
     def learning_rate(self) -> float:
-        """`lr` resolved for this many workers. Each Hogwild worker computes its gradient on weights
-        that the other workers' updates have moved since, the more of them the more workers there are.
-        Measured on Pong (docs/benchmarks.md): with 2 workers 3e-4 learned fastest of 1e-4, 3e-4 and
-        7e-4; with 16 workers on 16 cores 3e-4 did not learn in 9.8 M frames where 1e-4 did. The
-        square-root rule meets both; a Ray run takes it from all its workers, over every node."""
-        if self.lr is not None:
-            return self.lr
-        return BASE_LR[self.optimizer] * math.sqrt(BASE_LR_WORKERS / max(self.workers, BASE_LR_WORKERS))
+        """`lr`, or the optimizer's default. The same for any number of workers: a rate that fell with
+        the workers to offset their updates' staleness learned Pong later per frame at 16 workers
+        (docs/experiments.md); a Ray run's nodes all take it."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
     @property
     def network_precision(self) -> str:

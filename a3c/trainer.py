@@ -281,7 +281,7 @@ class Trainer:
         self._print(f"network precision: {config.network_precision}"
                     + (" (auto)" if config.precision == "auto" else "")
                     + f"; {config.optimizer} learning rate {config.learning_rate:.3g}"
-                    + (f" (auto for {config.workers} workers)" if config.lr is None else ""))
+                    + (" (the default)" if config.lr is None else ""))
         supervisor = self.supervisor
         try:
             start = time.time()

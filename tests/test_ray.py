@@ -330,9 +330,10 @@ def test_a_node_runs_its_share_of_the_workers_at_the_learning_rate_of_all(monkey
     ray_cluster = pytest.importorskip("a3c.ray_cluster", reason="Ray is not installed (pip install 'a3c[ray]')")
     from a3c.config import Config
 
-    node = ray_cluster.node_config(Config(workers=16), 8)
-    assert node.workers == 8
-    assert node.learning_rate == Config(workers=16).learning_rate < Config(workers=8).learning_rate
+    for cluster_config in (Config(workers=16), Config(workers=16, lr=5e-4)):
+        node = ray_cluster.node_config(cluster_config, 8)
+        assert node.workers == 8
+        assert node.lr == node.learning_rate == cluster_config.learning_rate
 
 
 def test_a_node_s_optimizer_forgets_as_fast_per_cluster_update_as_one_machine_s(monkeypatch):

@@ -196,20 +196,17 @@ def test_learning_rate_anneals_linearly_to_zero_over_the_budget():
     worker.close()
 
 
-def test_the_default_learning_rate_falls_with_the_square_root_of_the_workers():
-    assert Config(workers=1).learning_rate == Config(workers=2).learning_rate == 3e-4
-    assert Config(workers=8).learning_rate == pytest.approx(1.5e-4)
-    assert Config(workers=16).learning_rate == pytest.approx(1.0607e-4, rel=1e-4)
-    assert Config(workers=16, lr=3e-4).learning_rate == 3e-4  # a given rate is kept
-    assert Config(workers=2, optimizer="rmsprop").learning_rate == 7e-4  # RMSProp's own base rate, scaled alike
-    assert Config(workers=8, optimizer="rmsprop").learning_rate == pytest.approx(3.5e-4)
+def test_the_default_learning_rate_is_the_optimizer_s_for_any_number_of_workers():
+    assert Config(workers=1).learning_rate == Config(workers=16).learning_rate == 3e-4
+    assert Config(workers=16, lr=1e-4).learning_rate == 1e-4  # a given rate is kept
+    assert Config(workers=16, optimizer="rmsprop").learning_rate == 7e-4
     config = Config(env_id="CartPole-v1", workers=8)
     shared = SharedTraining.create(build_model(config, (4,), 2), config)
     worker = Worker(0, config, shared, seed_stream(config.seed, 0))
-    assert worker.learning_rate() == shared.optimizer.lr == pytest.approx(1.5e-4)
+    assert worker.learning_rate() == shared.optimizer.lr == 3e-4
     worker.close()
     rmsprop = SharedTraining.create(build_model(config, (4,), 2), replace(config, optimizer="rmsprop")).optimizer
-    assert (rmsprop.kind, rmsprop.lr, rmsprop.alpha, rmsprop.eps) == ("rmsprop", pytest.approx(3.5e-4), 0.99, 1e-5)
+    assert (rmsprop.kind, rmsprop.lr, rmsprop.alpha, rmsprop.eps) == ("rmsprop", 7e-4, 0.99, 1e-5)
 
 
 @pytest.mark.parametrize("env_id,frame_stack,precision", [
