@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -112,7 +113,7 @@ class RunLogger:
         self.tensorboard_dir = run_dir / TENSORBOARD_DIR
         if initial_frames > 0:  # a resume: what came after its checkpoint is trained again
             for path in (self.episodes_path, run_dir / EVALUATIONS_CSV):
-                self._write(path, lambda path=path: self._drop_rows_after(path, initial_frames))
+                self._write(path, partial(self._drop_rows_after, path, initial_frames))
         self._write(self.episodes_path, self._open_episodes)
         if tensorboard:
             self._write(self.tensorboard_dir, self._open_tensorboard)
