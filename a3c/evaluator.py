@@ -171,6 +171,30 @@ class EvaluationLog:
             pass
 
 
+class EvaluationSchedule:
+    """When the evaluator evaluates next: `interval` seconds after the last evaluation began, and no
+    sooner than its CPU time since the schedule began is within `cpu_per_second` for each second of
+    wall clock (a steady cost however busy the cores are: busy cores make evaluations slower, not
+    more frequent); or once `every_frames` frames have passed, whatever the rest."""
+
+    def __init__(self, interval: float, every_frames: int | None, cpu_per_second: float, now: float,
+                 cpu: float, frames: int) -> None:
+        self.interval, self.every_frames, self.cpu_per_second = interval, every_frames, cpu_per_second
+        self.began, self.cpu_at_start = now, cpu
+        self.next_due, self.last_frames, self.last_start = now + interval, frames, now
+
+    def due(self, now: float, frames: int) -> bool:
+        by_frames = self.every_frames is not None and frames - self.last_frames >= self.every_frames
+        return by_frames or now >= self.next_due
+
+    def started(self, now: float, frames: int) -> None:
+        self.last_start, self.last_frames = now, frames
+
+    def finished(self, cpu: float) -> None:
+        within_share = self.began + (cpu - self.cpu_at_start) / self.cpu_per_second
+        self.next_due = max(self.last_start + self.interval, within_share)
+
+
 def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shape: tuple[int, ...],
                   n_actions: int, best_score: float | None, conn: Any, parent_pid: int) -> None:
     """Process entry: evaluate the shared weights on a schedule (eval_interval, eval_every_frames,
@@ -224,22 +248,16 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
     try:
         log = EvaluationLog(Path(run_dir))
         conn.send(EvaluatorStarted(str(device)))
-        last_frames = shared.total_frames()
-        next_due = time.monotonic() + config.eval_interval
+        schedule = EvaluationSchedule(config.eval_interval, config.eval_every_frames, cpu_per_second,
+                                      time.monotonic(), time.process_time(), shared.total_frames())
         while not shared.wait_flag(STOP, timeout=IDLE_BEAT_S):
             shared.beat(shared.evaluator_slot)
             if orphaned():
                 return
-            due_by_frames = (config.eval_every_frames is not None
-                             and shared.total_frames() - last_frames >= config.eval_every_frames)
-            if due_by_frames or time.monotonic() >= next_due:
-                started, cpu_before = time.monotonic(), time.process_time()
-                last_frames = shared.total_frames()
+            if schedule.due(time.monotonic(), shared.total_frames()):
+                schedule.started(time.monotonic(), shared.total_frames())
                 evaluate(stop_check(on_stop_flag=True))
-                cpu_used = time.process_time() - cpu_before
-                # Rest until this evaluation's CPU time is within the share: a steady cost however
-                # busy the cores are (busy cores make it slower, not more frequent).
-                next_due = started + max(config.eval_interval, cpu_used / cpu_per_second)
+                schedule.finished(time.process_time())
         # The parent writes the final checkpoint once every worker has made its last update, then
         # asks for a final evaluation (at the end of the budget, not after a signal).
         while not shared.wait_flag(WORKERS_DONE, timeout=IDLE_BEAT_S):

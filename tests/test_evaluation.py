@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from a3c.config import PRESETS, Config
-from a3c.evaluator import evaluate_policy
+from a3c.evaluator import EvaluationSchedule, evaluate_policy
 from a3c.model import ActorCritic, build_model
 from a3c.shared import SharedTraining
 from a3c.worker import ReturnNormalizer, Worker, seed_stream
@@ -161,3 +161,28 @@ def test_episodes_played_side_by_side_score_as_played_one_after_another(lstm):
     side_by_side = evaluate_policy(model, [gym.make("CartPole-v1") for _ in range(3)], episodes=7, greedy=True,
                                    seed=5)
     assert one == side_by_side and one.n_episodes == 7 and one.std_reward > 0
+
+
+def test_the_schedule_keeps_the_evaluator_within_its_cpu_share_over_its_life():
+    # 0.1 s of CPU per second of wall clock; an evaluation is due 30 s after the last one began.
+    schedule = EvaluationSchedule(interval=30, every_frames=None, cpu_per_second=0.1, now=100.0, cpu=5.0,
+                                  frames=0)
+    assert not schedule.due(129.9, 10**9) and schedule.due(130.0, 0)
+    schedule.started(130.0, 1_000)
+    schedule.finished(cpu=7.0)  # 2 s of CPU: within the share 20 s after the start, so the interval rules
+    assert not schedule.due(159.9, 0) and schedule.due(160.0, 0)
+    schedule.started(160.0, 2_000)
+    schedule.finished(cpu=25.0)  # 20 s since the start in all: not before 200 s of wall clock have passed
+    assert not schedule.due(299.9, 0) and schedule.due(300.0, 0)
+    schedule.started(300.0, 3_000)
+    schedule.finished(cpu=26.0)  # the waiting loop's CPU counts too: 21 s, due at 310, after the interval
+    assert not schedule.due(329.9, 0) and schedule.due(330.0, 0)
+
+
+def test_evaluations_by_frames_come_whatever_the_interval_and_the_share():
+    schedule = EvaluationSchedule(interval=600, every_frames=50_000, cpu_per_second=0.01, now=0.0, cpu=0.0,
+                                  frames=10_000)
+    assert not schedule.due(1.0, 59_999) and schedule.due(1.0, 60_000)
+    schedule.started(1.0, 60_000)
+    schedule.finished(cpu=100.0)  # far over its share: the frames still decide
+    assert not schedule.due(2.0, 109_999) and schedule.due(2.0, 110_000)
