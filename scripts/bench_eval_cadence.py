@@ -1,0 +1,91 @@
+"""What evaluation costs and how often it comes: resume a copy of a trained run with some number of
+workers for a while, and report the evaluator's CPU time as a share of the machine, the training
+frames/s, and the frames between evaluations.
+
+    python scripts/bench_eval_cadence.py RUN --workers 16 --seconds 600 -- --eval-cpu-share 0.045
+
+A trained run makes the evaluation episodes as long as they will be late in training. The run is
+copied (its checkpoint and configuration) into a temporary folder; RUN itself is left as it is.
+Everything after `--` goes to `a3c train --resume`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from a3c.checkpoint import CHECKPOINT_DIR, LATEST
+
+STATUS = re.compile(r"\[(\d+):(\d+):(\d+)\] frames ([\d,]+)/")
+EVALUATED = re.compile(r"^eval at ([\d,]+) frames", re.MULTILINE)
+EVALUATOR = re.compile(r"evaluator \(pid (\d+)\)")
+
+
+def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str:
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / run.name
+        (copy / CHECKPOINT_DIR).mkdir(parents=True)
+        shutil.copy(run / "config.json", copy / "config.json")
+        shutil.copy(run / CHECKPOINT_DIR / LATEST, copy / CHECKPOINT_DIR / LATEST)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "a3c", "train", "--resume", str(copy), "--workers", str(workers),
+             "--time-limit", str(seconds), "--status-interval", "5", *train_args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+        reader.start()
+        evaluator = None
+        while evaluator is None and process.poll() is None:
+            found = EVALUATOR.search("".join(lines))
+            evaluator = psutil.Process(int(found.group(1))) if found else None
+            time.sleep(0.2)
+        if evaluator is None:
+            process.wait()
+            reader.join()
+            raise SystemExit("the run ended before its evaluator started:\n" + "".join(lines[-20:]))
+        began, cpu = time.monotonic(), 0.0
+        ended = began
+        while process.poll() is None and not any(line.startswith("stopping:") for line in lines):
+            try:
+                times = evaluator.cpu_times()
+            except psutil.Error:  # it ended (or was replaced): what it used so far counts
+                break
+            cpu, ended = times.user + times.system, time.monotonic()
+            time.sleep(1)
+        process.wait()
+        reader.join()
+    text = "".join(lines)
+    before_stop = text.split("stopping:")[0]
+    frames = [int(f.replace(",", "")) for f in EVALUATED.findall(before_stop)]
+    status = [(int(h) * 3600 + int(m) * 60 + int(s), int(f.replace(",", "")))
+              for h, m, s, f in STATUS.findall(before_stop)]
+    fps = (status[-1][1] - status[1][1]) / max(status[-1][0] - status[1][0], 1) if len(status) > 2 else 0.0
+    share = 100 * cpu / (ended - began) / len(os.sched_getaffinity(0))
+    gaps = [round((b - a) / 1e6, 2) for a, b in itertools.pairwise(frames)]
+    return (f"{workers} workers: {fps:,.0f} frames/s; the evaluator used {share:.2f}% of the machine's CPU over "
+            f"{ended - began:.0f} s; evaluations at {[round(f / 1e6, 2) for f in frames]} M frames; gaps {gaps} M")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a run directory with checkpoints/latest.pt")
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--seconds", type=int, default=600)
+    parser.add_argument("train_args", nargs="*", help="more `a3c train --resume` flags, after --")
+    args = parser.parse_args(argv)
+    print(measure(args.run, args.workers, args.seconds, [a for a in args.train_args if a != "--"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
