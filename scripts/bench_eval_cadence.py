@@ -70,7 +70,9 @@ def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str
     frames = [int(f.replace(",", "")) for f in EVALUATED.findall(before_stop)]
     status = [(int(h) * 3600 + int(m) * 60 + int(s), int(f.replace(",", "")))
               for h, m, s, f in STATUS.findall(before_stop)]
-    fps = (status[-1][1] - status[1][1]) / max(status[-1][0] - status[1][0], 1) if len(status) > 2 else 0.0
+    if len(status) < 3 or ended - began < 1:
+        raise SystemExit("the run did not train long enough to measure:\n" + "".join(lines[-20:]))
+    fps = (status[-1][1] - status[1][1]) / (status[-1][0] - status[1][0])
     share = 100 * cpu / (ended - began) / len(os.sched_getaffinity(0))
     gaps = [round((b - a) / 1e6, 2) for a, b in itertools.pairwise(frames)]
     return (f"{workers} workers: {fps:,.0f} frames/s; the evaluator used {share:.2f}% of the machine's CPU over "
@@ -82,9 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run", type=Path, help="a run directory with checkpoints/latest.pt")
     parser.add_argument("--workers", type=int, required=True)
     parser.add_argument("--seconds", type=int, default=600)
-    parser.add_argument("train_args", nargs="*", help="more `a3c train --resume` flags, after --")
-    args = parser.parse_args(argv)
-    print(measure(args.run, args.workers, args.seconds, [a for a in args.train_args if a != "--"]), flush=True)
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)  # what follows goes to a3c train --resume
+    args = parser.parse_args(argv[:split])
+    print(measure(args.run, args.workers, args.seconds, argv[split + 1:]), flush=True)
 
 
 if __name__ == "__main__":
