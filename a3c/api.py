@@ -24,6 +24,7 @@ import torch
 
 from a3c.checkpoint import (
     BEST,
+    CHECKPOINT_DIR,
     LATEST,
     check_fits,
     load_checkpoint,
@@ -35,7 +36,13 @@ from a3c.config import Config, ConfigError, RayOptions, validate
 from a3c.envs import env_spaces, make_env
 from a3c.evaluator import Score, evaluate_policy, evaluation_envs, resolve_device
 from a3c.model import ActorCritic, LstmState, build_model
-from a3c.trainer import EXIT_OK, RemoteFactory, Trainer
+from a3c.trainer import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    RemoteFactory,
+    Trainer,
+)
 
 if TYPE_CHECKING:
     from a3c.ray_cluster import RayCluster
@@ -59,6 +66,11 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == EXIT_OK
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped by SIGINT or SIGTERM: by the user, or a job scheduler."""
+        return self.exit_code in (EXIT_INTERRUPTED, EXIT_TERMINATED)
 
 
 def train(config: Config, ray: RayOptions | None = None) -> RunResult:
@@ -100,6 +112,25 @@ def resume(target: str | Path, overrides: dict[str, Any] | None = None, ray: Ray
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def train_to_budget(config: Config, given: dict[str, Any] | None = None) -> RunResult | None:
+    """Train the run that `config` names (runs_dir/run_name) to its total_frames: a new run; or,
+    where that directory has a checkpoint, the run resumed with the settings in `given` (those the
+    caller chose) over its own; or nothing (None) where it has its frames already. What lets a
+    benchmark of several runs be stopped and started again."""
+    if config.run_name is None:
+        raise ConfigError("train_to_budget needs a run_name: the run it trains or resumes")
+    run_dir = Path(config.runs_dir) / config.run_name
+    latest = run_dir / CHECKPOINT_DIR / LATEST
+    if not latest.exists():
+        if run_dir.exists():
+            raise ConfigError(f"{run_dir} has no checkpoint to go on from (it was killed before its first): "
+                              "remove it to train the run again")
+        return train(config)
+    if load_checkpoint(latest)["frames"] >= config.total_frames:
+        return None
+    return resume(run_dir, {**(given or {}), "total_frames": config.total_frames})
 
 
 def _connect(options: RayOptions | None, config: Config) -> tuple[RayCluster | None, RemoteFactory | None]:

@@ -9,7 +9,7 @@ one line per worker count: `a3c plot`).
 
 Everything after `--` goes to `a3c train` for every count. A count whose run directory exists is
 resumed to its budget (a stopped benchmark goes on where it was), and skipped if it is there. Each
-run's console output is kept in its directory as train.log; the table is printed and written as
+run's console output is kept beside its directory as NAME.log; the table is printed and written as
 JSON and markdown beside the picture.
 """
 
@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from a3c import api
-from a3c.checkpoint import CHECKPOINT_DIR, LATEST, load_checkpoint
 from a3c.cli import build_parser, settings_from_args
 from a3c.config import Config
 from a3c.logger import EVALUATIONS_CSV, TRAIN_EPISODES_CSV
@@ -56,16 +55,12 @@ def run_count(workers: int, settings: dict[str, Any], runs_dir: Path) -> Path:
     name = f"{game_name(settings.get('env_id', Config().env_id))}-{workers}w"
     run_dir = runs_dir / name
     config = Config.from_dict({**settings, "workers": workers, "runs_dir": str(runs_dir), "run_name": name})
-    latest = run_dir / CHECKPOINT_DIR / LATEST
-    if latest.exists() and load_checkpoint(latest)["frames"] >= config.total_frames:
-        print(f"{name}: done already", flush=True)
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "train.log", "a") as log, contextlib.redirect_stdout(log):
-        if latest.exists():
-            api.resume(run_dir, {**settings, "workers": workers})
-        else:
-            api.train(config)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    with open(runs_dir / f"{name}.log", "a") as log, contextlib.redirect_stdout(log):
+        result = api.train_to_budget(config, {**settings, "workers": workers})
+    print(f"{name}: " + ("done already" if result is None else result.reason), flush=True)
+    if result is not None and result.stopped:
+        raise SystemExit(result.exit_code)  # stopped by the user: the next count waits for a rerun
     return run_dir
 
 
@@ -73,7 +68,8 @@ def summarise(workers: int, run_dir: Path, target: float) -> dict[str, Any]:
     evaluations = rows(run_dir / EVALUATIONS_CSV)
     episodes = rows(run_dir / TRAIN_EPISODES_CSV)
     hit = next((r for r in evaluations if float(r["mean_reward"]) >= target), None)
-    log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    log = log_path.read_text() if log_path.exists() else ""
     staleness = [(float(m.group(1)), int(m.group(2))) for m in STALENESS.finditer(log)]
     return {"workers": workers, "run_dir": str(run_dir),
             "frames_to_target": int(hit["frames"]) if hit else None,
