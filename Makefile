@@ -43,6 +43,10 @@ BENCH_WORKERS ?= 1 2
 BENCH_ENVS ?= 1 4 16
 BENCH_SECONDS ?= 60
 BENCH_PRECISION ?= auto
+# The game suite (make benchmark): atari5, a comma-separated list of games, or a file of them; its
+# directory (empty: benchmarks/SUITE). FRAMES is per game (empty: 10 M).
+SUITE ?= atari5
+SUITE_DIR ?=
 
 opt = $(if $(2),$(1) $(2))
 TRAIN_FLAGS = $(call opt,--workers,$(WORKERS)) $(call opt,--env-id,$(ENV)) \
@@ -56,7 +60,7 @@ EVAL_FLAGS = --runs-dir $(RUNS_DIR) $(call opt,--run,$(RUN)) $(call opt,--checkp
 	--episodes $(EPISODES) --device $(DEVICE) $(if $(filter 1 yes true,$(VIDEO)),--video) \
 	$(if $(filter 1 yes true,$(GREEDY)),--greedy) $(ARGS)
 
-.PHONY: install train train-ray eval plot test test-fast lint bench clean
+.PHONY: install train train-ray eval plot test test-fast lint bench benchmark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -91,6 +95,11 @@ plot: $(VENV)/.installed
 
 # Ruff's defaults, with bugbear, pyupgrade and ruff's own rules made explicit, zip(strict=) included.
 RUFF_RULES = --extend-select B,UP,RUF,B905
+
+# Each game of SUITE trained with the defaults, one after another, then scored (scripts/benchmark.py).
+benchmark: $(VENV)/.installed
+	$(BIN)/python scripts/benchmark.py --suite $(SUITE) --frames $(or $(FRAMES),10000000) \
+		$(call opt,--dir,$(SUITE_DIR)) -- $(call opt,--workers,$(WORKERS)) $(ARGS)
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -16,23 +16,11 @@ import numpy as np
 from a3c.checkpoint import writing
 from a3c.config import ConfigError
 from a3c.logger import EVALUATIONS_CSV, TRAIN_EPISODES_CSV
-
-# Published scores, drawn as dashed lines: (game, label with its source, score). The PPO paper's
-# figures are the mean of the last 100 training episodes after 40 M frames, that is of the sampled
-# policy; the A3C paper's is its human-start evaluation.
-PUBLISHED: dict[str, list[tuple[str, float]]] = {
-    "KungFuMaster": [("A3C FF, 4 days (Mnih et al. 2016, table S3)", 28_819.0),
-                     ("ACER, 40 M frames (Schulman et al. 2017, table 6)", 27_599.0),
-                     ("A2C, 40 M frames (Schulman et al. 2017, table 6)", 24_900.0)],
-    "Pong": [("PPO, 40 M frames (Schulman et al. 2017, table 6)", 20.7),
-             ("A2C, 40 M frames (Schulman et al. 2017, table 6)", 19.7)],
-    "Breakout": [("A2C, 40 M frames (Schulman et al. 2017, table 6)", 303.0),
-                 ("PPO, 40 M frames (Schulman et al. 2017, table 6)", 274.8)],
-}
+from a3c.scores import PUBLISHED_AGENTS, game_key
 
 
 def game_name(env_id: str) -> str:
-    """"ALE/Pong-v5" -> "Pong": the key of PUBLISHED."""
+    """"ALE/Pong-v5" -> "Pong"."""
     return env_id.split("/")[-1].split("-v")[0]
 
 
@@ -82,7 +70,9 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path, window: int = 
                 mean, std = evaluation["mean_reward"], evaluation["std_reward"]
                 axes[1, column].plot(evaluation[x], mean, marker="o", markersize=3, color=color, label=run.name)
                 axes[1, column].fill_between(evaluation[x], mean - std, mean + std, color=color, alpha=0.2)
-    references = [reference for game in sorted(games) for reference in PUBLISHED.get(game, [])]
+    # Published scores of the game, drawn as lines (a3c/scores.py says how each was measured).
+    references = [(agent.label, agent.scores[game_key(game)]) for game in sorted(games)
+                  for agent in PUBLISHED_AGENTS if game_key(game) in agent.scores]
     for axis in axes.flat:
         for number, (label, score) in enumerate(references):
             axis.axhline(score, color="0.4", linestyle=("--", ":", "-.")[number % 3], linewidth=1,
