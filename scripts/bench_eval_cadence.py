@@ -30,6 +30,7 @@ from a3c.checkpoint import CHECKPOINT_DIR, LATEST
 STATUS = re.compile(r"\[(\d+):(\d+):(\d+)\] frames ([\d,]+)/")
 EVALUATED = re.compile(r"^eval at ([\d,]+) frames", re.MULTILINE)
 EVALUATOR = re.compile(r"evaluator \(pid (\d+)\)")
+WARMUP_S = 30.0  # the share is also reported from here on: without the start-up's imports
 
 
 def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str:
@@ -55,13 +56,15 @@ def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str
             reader.join()
             raise SystemExit("the run ended before its evaluator started:\n" + "".join(lines[-20:]))
         began, cpu = time.monotonic(), 0.0
-        ended = began
+        ended, settled = began, None  # settled: (time, CPU) once start-up is WARMUP_S behind
         while process.poll() is None and not any(line.startswith("stopping:") for line in lines):
             try:
                 times = evaluator.cpu_times()
             except psutil.Error:  # it ended (or was replaced): what it used so far counts
                 break
             cpu, ended = times.user + times.system, time.monotonic()
+            if settled is None and ended - began >= WARMUP_S:
+                settled = (ended, cpu)
             time.sleep(1)
         process.wait()
         reader.join()
@@ -73,10 +76,13 @@ def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str
     if len(status) < 3 or ended - began < 1:
         raise SystemExit("the run did not train long enough to measure:\n" + "".join(lines[-20:]))
     fps = (status[-1][1] - status[1][1]) / (status[-1][0] - status[1][0])
-    share = 100 * cpu / (ended - began) / len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    share = 100 * cpu / (ended - began) / cores
+    after = "" if settled is None or ended <= settled[0] else (
+        f" ({100 * (cpu - settled[1]) / (ended - settled[0]) / cores:.2f}% from {WARMUP_S:g} s on)")
     gaps = [round((b - a) / 1e6, 2) for a, b in itertools.pairwise(frames)]
     return (f"{workers} workers: {fps:,.0f} frames/s; the evaluator used {share:.2f}% of the machine's CPU over "
-            f"{ended - began:.0f} s; evaluations at {[round(f / 1e6, 2) for f in frames]} M frames; gaps {gaps} M")
+            f"{ended - began:.0f} s{after}; evaluations at {[round(f / 1e6, 2) for f in frames]} M frames; gaps {gaps} M")
 
 
 def main(argv: list[str] | None = None) -> None:
