@@ -1,7 +1,7 @@
 """Every hyperparameter of a run, in one dataclass, with its validation, and the reading of the
 settings files of earlier versions (read_older).
 
-The defaults are the settings that learned every game measured (docs/benchmarks.md); PRESETS keeps
+The defaults are the settings that learned every game measured (docs/experiments.md); PRESETS keeps
 the seed tutorial's settings and the A3C paper's one flag away.
 """
 
@@ -208,7 +208,7 @@ class Config:
         """`precision` resolved on this machine: float32 or bfloat16."""
         if self.precision != "auto":
             return self.precision
-        # Measured (docs/benchmarks.md): only convolutions gain, and only on batches of
+        # Measured (docs/experiments.md): only convolutions gain, and only on batches of
         # BFLOAT16_MIN_ENVS frames or more; on fewer a bfloat16 pass is slower than a float32 one.
         fast = self.model_body != "mlp" and self.envs_per_worker >= BFLOAT16_MIN_ENVS and cpu_has_native_bfloat16()
         return "bfloat16" if fast else "float32"

@@ -126,7 +126,7 @@ class ActorCritic(nn.Module):
         dtype = weights[0][0].dtype
         if record is not None:
             x = record[0].copy_(obs)
-        elif self.is_image:  # channels_last takes oneDNN's convolutions: 15-20% faster here
+        elif self.is_image:  # channels_last takes oneDNN's faster convolutions
             x = obs.contiguous(memory_format=torch.channels_last).to(dtype, copy=True)
         else:
             x = obs.to(dtype)
@@ -170,7 +170,7 @@ class ActorCritic(nn.Module):
 
 def _rows(pixels: torch.Tensor) -> torch.Tensor:
     """A batch of image observations, one row of pixels each: a view of the workers' channels-last
-    frames (a strided copy of them cost the histogram below 6 times its own time)."""
+    frames (a strided copy of them would cost the histogram below more than the histogram itself)."""
     return pixels.permute(0, 2, 3, 1).reshape(len(pixels), -1)
 
 
@@ -228,8 +228,8 @@ def setup_cpu_compute() -> None:
     """Set up a process that runs the network: one intra-op thread (the processes are the
     parallelism), and subnormal floats flushed to zero. A trained network's gradients, LSTM gates
     and Adam moments hold many subnormals (from units that stopped firing, moments decaying), and
-    each costs the CPU a slow path: a trained KungFuMaster worker's update took 3 times as long, an
-    LSTM's acting pass 2.6 times (docs/benchmarks.md). Values under 1.2e-38 change no result."""
+    each costs the CPU a slow path that slowed trained runs several times over (docs/experiments.md,
+    "Speed"). Values under 1.2e-38 change no result."""
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
 

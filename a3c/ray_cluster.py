@@ -6,7 +6,7 @@ Hogwild group (a Supervisor with its worker processes and its own shared optimiz
 actor on the driver's node holds the cluster's weights. Every exchange interval each
 group, on its own schedule and never waiting for another, pushes what its workers changed since
 its last exchange (a weight delta), with its frames and the episodes it finished, and pulls the
-global weights back. A message per update would cost as much as the update (docs/benchmarks.md).
+global weights back. A message per update would cost as much as the update (docs/experiments.md, "Ray").
 
 The driver is the ordinary Trainer: its evaluator and checkpoints live with a copy of the global
 weights that RayWorkers.poll keeps current, so run directories, CSVs and checkpoints are those of
@@ -50,16 +50,13 @@ NODE_STOP_TIMEOUT_S = 60.0
 # Ray starts its worker processes at niceness 15 unless its raylet is told otherwise.
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
 # A node group's workers run this much nicer than its actor, so that an exchange (the actor, the
-# parameter server, Ray's own processes) does not queue behind them for the CPU: with both cores
-# busy, a CartPole round trip took 20-35 ms at equal priority and 9-10 ms with this; 15 learned
-# CartPole no faster per frame.
+# parameter server, Ray's own processes) does not queue behind them for the CPU; more did not
+# learn faster per frame (docs/experiments.md, "Ray").
 EXCHANGE_PRECEDENCE = 5
 # The default exchange interval sends a node's weights at about this rate, and not more often than
 # every MIN_EXCHANGE_INTERVAL_S: the fewer updates a node makes between exchanges, the more the
-# cluster learns per frame like one machine, but every exchange costs CPU. KungFuMaster on 2 cores:
-# every 0.25 s (11 MB/s) trained at 0.90 of local frames/s, every 0.05 s at 0.77; CartPole's small
-# network came closest to one machine's learning per frame when exchanged every few ms, where it
-# costs little (docs/benchmarks.md).
+# cluster learns per frame like one machine, but every exchange costs CPU; the rate is where the
+# two balanced (docs/experiments.md, "Ray").
 EXCHANGE_BYTES_PER_S = 10e6
 MIN_EXCHANGE_INTERVAL_S = 0.005
 
@@ -88,8 +85,8 @@ def node_decay_power(workers: int, node_workers: int) -> float:
     its own workers' updates only, a share node_workers/workers of the cluster's. With its decay
     rates raised to the power workers/node_workers (Adam's betas, RMSProp's alpha), its running
     averages forget as fast per update of the whole cluster as one machine's shared optimizer does,
-    and Adam's bias correction follows. With the plain betas, CartPole on two nodes took 16% more
-    frames to 475 than one machine, as one machine does with an Adam per worker (docs/benchmarks.md)."""
+    and Adam's bias correction follows; with the plain betas a cluster learned slower per frame than
+    one machine (docs/experiments.md, "Ray")."""
     return workers / node_workers
 
 

@@ -54,8 +54,8 @@ from a3c.supervisor import POLL_S, Child, Supervisor, one_thread_per_child
 # signal ends it at once (the final checkpoint is written before it).
 FINAL_EVALUATION_TIMEOUT_S = 600.0
 EVALUATOR_EXIT_S = 5.0  # otherwise the evaluator may finish writing best.pt before it is ended
-# Checking the weights copies them all; at every tick (0.25 s or a message) that was most of the
-# 10.6% of a core the parent took from the workers and the evaluator (docs/benchmarks.md).
+# Checking the weights copies them all: at every tick it was most of what the parent took from the
+# workers and the evaluator (docs/experiments.md, "Speed").
 WEIGHTS_CHECK_INTERVAL_S = 5.0
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
@@ -194,7 +194,7 @@ class Trainer:
     def _check_body_alive(self, stats: LearnerStats) -> None:
         """Stop a run whose ReLU body died: when every worker reports that no unit of the body's last
         layer fired on any observation, no gradient reaches the body again and the run can only
-        waste its remaining time (a Breakout run's did so at 29.4 M frames, docs/benchmarks.md)."""
+        waste its remaining time (docs/experiments.md, "Activation")."""
         if self.config.model_body == "mlp":
             return  # tanh units always pass gradient
         if stats.active_units > 0:

@@ -42,7 +42,7 @@ MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit systems
 def keep_freed_memory() -> bool:
     """Make glibc keep the memory an update frees for the next one, rather than hand it back to the
     system and fault it in again page by page: an update's multi-megabyte activation gradients
-    took thousands of page faults each time (docs/benchmarks.md). False where the C library has
+    took thousands of page faults each time. False where the C library has
     no mallopt (not glibc), which changes nothing else."""
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
