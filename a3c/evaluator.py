@@ -173,27 +173,25 @@ class EvaluationLog:
 
 class EvaluationSchedule:
     """When the evaluator evaluates next: `interval` seconds after the last evaluation began, and no
-    sooner than its CPU time since the schedule began, counting the next evaluation as costing what
-    the last one did, is within `cpu_per_second` for each second of wall clock: a steady cost however
-    busy the cores are (busy cores make evaluations slower, not more frequent), which the evaluation
-    about to start does not overrun. Or once `every_frames` frames have passed, whatever the rest."""
+    sooner than its CPU time since the schedule began is within `cpu_per_second` for each second of
+    wall clock (a steady cost however busy the cores are: busy cores make evaluations slower, not
+    more frequent); or once `every_frames` frames have passed, whatever the rest."""
 
     def __init__(self, interval: float, every_frames: int | None, cpu_per_second: float, now: float,
                  cpu: float, frames: int) -> None:
         self.interval, self.every_frames, self.cpu_per_second = interval, every_frames, cpu_per_second
         self.began, self.cpu_at_start = now, cpu
-        self.next_due, self.last_frames, self.last_start, self.cpu_at_last_start = now + interval, frames, now, cpu
+        self.next_due, self.last_frames, self.last_start = now + interval, frames, now
 
     def due(self, now: float, frames: int) -> bool:
         by_frames = self.every_frames is not None and frames - self.last_frames >= self.every_frames
         return by_frames or now >= self.next_due
 
-    def started(self, now: float, frames: int, cpu: float) -> None:
-        self.last_start, self.last_frames, self.cpu_at_last_start = now, frames, cpu
+    def started(self, now: float, frames: int) -> None:
+        self.last_start, self.last_frames = now, frames
 
     def finished(self, cpu: float) -> None:
-        last_cost = cpu - self.cpu_at_last_start
-        within_share = self.began + (cpu - self.cpu_at_start + last_cost) / self.cpu_per_second
+        within_share = self.began + (cpu - self.cpu_at_start) / self.cpu_per_second
         self.next_due = max(self.last_start + self.interval, within_share)
 
 
@@ -257,7 +255,7 @@ def run_evaluator(config: Config, shared: SharedTraining, run_dir: str, obs_shap
             if orphaned():
                 return
             if schedule.due(time.monotonic(), shared.total_frames()):
-                schedule.started(time.monotonic(), shared.total_frames(), time.process_time())
+                schedule.started(time.monotonic(), shared.total_frames())
                 evaluate(stop_check(on_stop_flag=True))
                 schedule.finished(time.process_time())
         # The parent writes the final checkpoint once every worker has made its last update, then

@@ -168,24 +168,21 @@ def test_the_schedule_keeps_the_evaluator_within_its_cpu_share_over_its_life():
     schedule = EvaluationSchedule(interval=30, every_frames=None, cpu_per_second=0.1, now=100.0, cpu=5.0,
                                   frames=0)
     assert not schedule.due(129.9, 10**9) and schedule.due(130.0, 0)
-    schedule.started(130.0, 1_000, cpu=5.0)
-    schedule.finished(cpu=6.0)  # 1 s, and 1 s more for the next: within the share at 120 s, the interval rules
+    schedule.started(130.0, 1_000)
+    schedule.finished(cpu=7.0)  # 2 s of CPU: within the share 20 s after the start, so the interval rules
     assert not schedule.due(159.9, 0) and schedule.due(160.0, 0)
-    schedule.started(160.0, 2_000, cpu=6.2)  # the waiting loop's 0.2 s counts too
-    schedule.finished(cpu=16.2)  # 11.2 s so far and 10 s for the next: not before 100 + 212 s
-    assert not schedule.due(311.9, 0) and schedule.due(312.0, 0)
-    schedule.started(312.0, 3_000, cpu=16.2)
-    schedule.finished(cpu=17.2)  # a cheap one: 12.2 + 1 s, due at 232 s, so the interval rules again
-    assert not schedule.due(341.9, 0) and schedule.due(342.0, 0)
-    # However it goes, at the start of an evaluation the CPU spent so far, and the last evaluation's
-    # cost once more, fit the share of the time since the schedule began.
-    assert (17.2 - 5.0) + 1.0 <= 0.1 * (342.0 - 100.0)
+    schedule.started(160.0, 2_000)
+    schedule.finished(cpu=25.0)  # 20 s since the start in all: not before 200 s of wall clock have passed
+    assert not schedule.due(299.9, 0) and schedule.due(300.0, 0)
+    schedule.started(300.0, 3_000)
+    schedule.finished(cpu=26.0)  # the waiting loop's CPU counts too: 21 s, due at 310, after the interval
+    assert not schedule.due(329.9, 0) and schedule.due(330.0, 0)
 
 
 def test_evaluations_by_frames_come_whatever_the_interval_and_the_share():
     schedule = EvaluationSchedule(interval=600, every_frames=50_000, cpu_per_second=0.01, now=0.0, cpu=0.0,
                                   frames=10_000)
     assert not schedule.due(1.0, 59_999) and schedule.due(1.0, 60_000)
-    schedule.started(1.0, 60_000, cpu=0.0)
+    schedule.started(1.0, 60_000)
     schedule.finished(cpu=100.0)  # far over its share: the frames still decide
     assert not schedule.due(2.0, 109_999) and schedule.due(2.0, 110_000)
