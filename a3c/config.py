@@ -116,7 +116,7 @@ class Config:
     eval_every_frames: int | None = field(default=None, metadata=_help(
         "also evaluate after every this many frames, whatever the interval and the CPU share", "off"))
     eval_episodes: int = field(default=10, metadata=_help("episodes per evaluation, played side by side"))
-    eval_cpu_share: float = field(default=0.04, metadata=_help(
+    eval_cpu_share: float = field(default=0.045, metadata=_help(
         "the evaluator waits after each evaluation until its CPU time since it started is within this share of "
         "the machine's"))
     eval_device: str = field(default="auto", metadata=_help("the evaluator's device: auto (cuda if any), cuda or cpu"))
