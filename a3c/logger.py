@@ -212,7 +212,7 @@ class RunLogger:
                   f"{fps:,.0f} fps | episodes {episodes:,} | return(last {len(self.recent_returns)}) "
                   f"{'-' if recent is None else f'{recent:.1f}'} | eval {evaluation} | staleness {staleness} | "
                   f"mem {rss_bytes / 2**20:,.0f} MiB", file=self.stream, flush=True)
-        self._write(self.episodes_path, self.episodes_file.flush)
+        self._write(self.episodes_path, lambda: self.episodes_file.flush())
         if self.tensorboard is not None:
             self._write(self.tensorboard_dir, lambda: self._write_scalars(frames, fps, recent))
 
