@@ -44,6 +44,14 @@ def append_csv(path: Path, fields: list[str]) -> tuple[TextIO, Any]:
     return file, writer
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """A run's CSV file as dictionaries, one a row; none if the file is not there yet."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def drop_rows_after(path: Path, frames: int) -> int:
     """Remove the rows of a run's CSV file (its first column: frames) past `frames`, and a last row
     cut short: what a run wrote after its last checkpoint before it was killed, which its resume

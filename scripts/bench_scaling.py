@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import re
 from pathlib import Path
@@ -28,18 +27,11 @@ import numpy as np
 from a3c import api
 from a3c.cli import build_parser, settings_from_args
 from a3c.config import Config
-from a3c.logger import EVALUATIONS_CSV, TRAIN_EPISODES_CSV
+from a3c.logger import EVALUATIONS_CSV, TRAIN_EPISODES_CSV, read_rows
 from a3c.plot import game_name, plot_runs
 
 STALENESS = re.compile(r"staleness ([\d.]+) \(max (\d+)\)")
 MARKS = (1_000_000, 2_000_000, 3_000_000, 4_000_000, 5_000_000, 10_000_000)
-
-
-def rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def training_return_at(episodes: list[dict[str, str]], frames: int, window: int = 100) -> float | None:
@@ -65,8 +57,8 @@ def run_count(workers: int, settings: dict[str, Any], runs_dir: Path) -> Path:
 
 
 def summarise(workers: int, run_dir: Path, target: float) -> dict[str, Any]:
-    evaluations = rows(run_dir / EVALUATIONS_CSV)
-    episodes = rows(run_dir / TRAIN_EPISODES_CSV)
+    evaluations = read_rows(run_dir / EVALUATIONS_CSV)
+    episodes = read_rows(run_dir / TRAIN_EPISODES_CSV)
     hit = next((r for r in evaluations if float(r["mean_reward"]) >= target), None)
     log_path = run_dir.parent / f"{run_dir.name}.log"
     log = log_path.read_text() if log_path.exists() else ""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from a3c import api
 from a3c.checkpoint import CHECKPOINT_DIR, LATEST, load_checkpoint
 from a3c.cli import build_parser, settings_from_args
 from a3c.config import Config, ConfigError
-from a3c.logger import EVALUATIONS_CSV, TRAIN_EPISODES_CSV
+from a3c.logger import EVALUATIONS_CSV, TRAIN_EPISODES_CSV, read_rows
 from a3c.plot import game_name, smooth
 from a3c.scores import (
     PUBLISHED_AGENTS,
@@ -45,13 +44,6 @@ from a3c.scores import (
 SUITES = {"atari5": [f"ALE/{game}-v5" for game in SUBSETS["atari5"].games]}
 RESULT = "benchmark.json"  # in each game's run directory: its scores, once measured
 MEASURES = ("last_evaluation", "best_checkpoint", "training")
-
-
-def rows(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def ale_id(game: str) -> str:
@@ -106,8 +98,8 @@ def score_game(run_dir: Path, episodes: int) -> dict[str, Any]:
     if cached.exists() and json.loads(cached.read_text()).get("checkpoint_frames") == trained:
         return dict(json.loads(cached.read_text()))
     config = json.loads((run_dir / "config.json").read_text())
-    evaluations = rows(run_dir / EVALUATIONS_CSV)
-    episodes_rows = rows(run_dir / TRAIN_EPISODES_CSV)
+    evaluations = read_rows(run_dir / EVALUATIONS_CSV)
+    episodes_rows = read_rows(run_dir / TRAIN_EPISODES_CSV)
     last = evaluations[-1] if evaluations else None
     best = api.Policy.load(run_dir, device="cpu").evaluate(episodes=episodes, seed=10_000)
     returns = [float(r["return"]) for r in sorted(episodes_rows, key=lambda r: int(r["frames"]))]
@@ -171,7 +163,7 @@ def picture(bench_dir: Path, results: list[dict[str, Any]], estimates: dict[str,
 
     figure, (curves, summary) = plt.subplots(1, 2, figsize=(14, 5))
     for r in results:
-        episodes = sorted(rows(bench_dir / game_name(r["env_id"]) / TRAIN_EPISODES_CSV), key=lambda e: int(e["frames"]))
+        episodes = sorted(read_rows(bench_dir / game_name(r["env_id"]) / TRAIN_EPISODES_CSV), key=lambda e: int(e["frames"]))
         if not episodes or game_key(r["env_id"]) not in REFERENCE_SCORES:
             continue
         frames = np.array([int(e["frames"]) for e in episodes])
