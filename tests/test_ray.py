@@ -259,8 +259,9 @@ def test_a_killed_driver_takes_its_node_groups_and_workers_with_it(cluster, tmp_
     with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
                     "--runs-dir", str(tmp_path), "--run-name", "driver", *CARTPOLE], tmp_path) as process:
         process.wait_for(r"frames [1-9][\d,]*/")
+        # One group can train before the other's actor has started: wait for both.
+        wait_until(lambda: len(_ray_processes("ray::NodeGroup")) == 2, 60, "both node groups' actors")
         groups = _ray_processes("ray::NodeGroup")
-        assert len(groups) == 2, groups
         workers = [child for group in groups for child in group.children(recursive=True)]
         assert workers
         evaluator = psutil.Process(process.process.pid).children()
