@@ -1,6 +1,9 @@
 """What evaluation costs and how often it comes: resume a copy of a trained run with some number of
 workers for a while, and report the evaluator's CPU time as a share of the machine, the training
-frames/s, and the frames between evaluations.
+frames/s, and the frames between evaluations. The share is given over the whole window, from 30 s
+on (without the start-up), and between the ends of the first and the last evaluation: over whole
+cycles of evaluating and resting, what the evaluator costs in a long run, whatever the phase of the
+cycle at which the window ends.
 
     python scripts/bench_eval_cadence.py RUN --workers 16 --seconds 600 -- --eval-cpu-share 0.045
 
@@ -57,6 +60,7 @@ def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str
             raise SystemExit("the run ended before its evaluator started:\n" + "".join(lines[-20:]))
         began, cpu = time.monotonic(), 0.0
         ended, settled = began, None  # settled: (time, CPU) once start-up is WARMUP_S behind
+        at_evaluation_ends: list[tuple[float, float]] = []  # (time, CPU), read within 1 s of each end
         while process.poll() is None and not any(line.startswith("stopping:") for line in lines):
             try:
                 times = evaluator.cpu_times()
@@ -65,6 +69,8 @@ def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str
             cpu, ended = times.user + times.system, time.monotonic()
             if settled is None and ended - began >= WARMUP_S:
                 settled = (ended, cpu)
+            ends = len(EVALUATED.findall("".join(lines)))
+            at_evaluation_ends.extend([(ended, cpu)] * (ends - len(at_evaluation_ends)))
             time.sleep(1)
         process.wait()
         reader.join()
@@ -80,6 +86,10 @@ def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str
     share = 100 * cpu / (ended - began) / cores
     after = "" if settled is None or ended <= settled[0] else (
         f" ({100 * (cpu - settled[1]) / (ended - settled[0]) / cores:.2f}% from {WARMUP_S:g} s on)")
+    if len(at_evaluation_ends) >= 2:
+        (first_end, first_cpu), (last_end, last_cpu) = at_evaluation_ends[0], at_evaluation_ends[-1]
+        after += (f" ({100 * (last_cpu - first_cpu) / (last_end - first_end) / cores:.2f}% between the ends of "
+                  f"its first and last evaluations, {len(at_evaluation_ends) - 1} cycles)")
     gaps = [round((b - a) / 1e6, 2) for a, b in itertools.pairwise(frames)]
     return (f"{workers} workers: {fps:,.0f} frames/s; the evaluator used {share:.2f}% of the machine's CPU over "
             f"{ended - began:.0f} s{after}; evaluations at {[round(f / 1e6, 2) for f in frames]} M frames; gaps {gaps} M")

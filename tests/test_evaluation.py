@@ -156,6 +156,7 @@ def test_episodes_played_side_by_side_score_as_played_one_after_another(lstm):
     # of a state that each new episode starts from zero: rows that finish, drop out or start a new
     # episode on a shared batch must not disturb the others.
     config = Config(env_id="CartPole-v1", lstm=lstm)
+    torch.manual_seed(0)  # weights whose greedy play differs between episodes, whatever ran before
     model = build_model(config, (4,), 2)
     one = evaluate_policy(model, gym.make("CartPole-v1"), episodes=7, greedy=True, seed=5)
     side_by_side = evaluate_policy(model, [gym.make("CartPole-v1") for _ in range(3)], episodes=7, greedy=True,
@@ -177,6 +178,28 @@ def test_the_schedule_keeps_the_evaluator_within_its_cpu_share_over_its_life():
     schedule.started(300.0, 3_000)
     schedule.finished(cpu=26.0)  # the waiting loop's CPU counts too: 21 s, due at 310, after the interval
     assert not schedule.due(329.9, 0) and schedule.due(330.0, 0)
+
+
+@pytest.mark.parametrize("interval", [0.0, 30.0])
+def test_over_many_evaluations_the_evaluator_takes_its_share_on_average(interval):
+    # Evaluations of uneven cost, each started as soon as it is due: the CPU share over a stretch of
+    # the run, averaged over where the stretch ends, is the share asked for.
+    costs = np.random.default_rng(0).uniform(5.0, 15.0, size=400)  # CPU seconds; each takes twice that
+    share, now, cpu = 0.09, 0.0, 0.0
+    schedule = EvaluationSchedule(interval=interval, every_frames=None, cpu_per_second=share, now=now, cpu=cpu,
+                                  frames=0)
+    samples = []  # (wall clock, CPU) at each start and each end
+    for cost in costs:
+        now = max(now, schedule.next_due)
+        schedule.started(now, 0)
+        samples.append((now, cpu))
+        now, cpu = now + 2 * cost, cpu + cost
+        schedule.finished(cpu)
+        samples.append((now, cpu))
+    began, cpu_began = samples[0]
+    window = [(c - cpu_began) / (t - began) for t, c in samples[40:]]  # stretches of 20 evaluations or more
+    assert abs(np.mean(window) / share - 1) < 0.02
+    assert max(window) / share < 1.1 and min(window) / share > 0.9
 
 
 def test_evaluations_by_frames_come_whatever_the_interval_and_the_share():
