@@ -29,21 +29,30 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_several_workers_update_the_shared_model(tmp_path):
-    # The budget (about 10 s here) outlasts the 2-3 s by which spawned workers can start apart on
-    # 2 cores; with 3,000 frames the first two once finished it before the third had begun.
-    config = Config(env_id="CartPole-v1", workers=3, total_frames=100_000, lr=1e-3, eval_interval=60,
-                    eval_episodes=2, runs_dir=str(tmp_path), run_name="multi")
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory):
+    """One CartPole run that several tests read: three workers to 300,000 frames (about 20 s here,
+    well past the 2-3 s by which spawned workers can start apart on 2 cores), evaluated every 25,000.
+    Returns the trainer after its run, the weights it began with, and the run's directory."""
+    runs = tmp_path_factory.mktemp("runs")
+    config = Config(env_id="CartPole-v1", workers=3, total_frames=300_000, lr=1e-3, seed=1,
+                    eval_interval=600, eval_every_frames=25_000, eval_episodes=5, runs_dir=str(runs),
+                    run_name="cartpole")
     trainer = Trainer(config)
     before = trainer.shared.params.clone()
     assert trainer.run() == 0
+    return trainer, before, runs / "cartpole"
+
+
+def test_several_workers_update_the_shared_model(cartpole_run):
+    trainer, before, run_dir = cartpole_run
     shared = trainer.shared
     assert not torch.equal(before, shared.params)  # the parent sees the workers' updates
     per_worker = shared.frames.tolist()
-    assert all(frames > 0 for frames in per_worker)  # every worker stepped and counted
-    assert shared.total_frames() == sum(per_worker) >= config.total_frames
+    assert len(per_worker) == 3 and all(frames > 0 for frames in per_worker)  # every worker stepped and counted
+    assert shared.total_frames() == sum(per_worker) >= trainer.config.total_frames
     assert float(shared.optimizer.steps[0]) > 0
-    episodes = _rows(tmp_path / "multi" / "train_episodes.csv")
+    episodes = _rows(run_dir / "train_episodes.csv")
     assert len(episodes) == shared.total_episodes()
     for worker, frames in enumerate(per_worker):
         played = sum(int(r["length"]) for r in episodes if int(r["worker"]) == worker)
@@ -77,18 +86,15 @@ def test_children_run_at_the_niceness_asked_for(tmp_path):
     assert all(not c.process.is_alive() for c in supervisor.children)
 
 
-def test_cartpole_learns_well_above_random(tmp_path):
-    # A random policy scores about 22. Five runs of this configuration all passed 150 by 164k frames
-    # and reached 500 (scripts/bench_learning.py); the bar of 200 at 300k leaves a wide margin.
-    config = Config(env_id="CartPole-v1", workers=2, total_frames=300_000, lr=1e-3, seed=1,
-                    eval_interval=600, eval_every_frames=25_000, eval_episodes=5,
-                    runs_dir=str(tmp_path), run_name="cartpole")
-    assert Trainer(config).run() == 0
-    evaluations = _rows(tmp_path / "cartpole" / "evaluations.csv")
+def test_cartpole_learns_well_above_random(cartpole_run):
+    # A random policy scores about 22. Runs of this configuration passed 150 by 164k frames and
+    # reached 500 (scripts/bench_learning.py); the bar of 200 at 300k leaves a wide margin.
+    _, _, run_dir = cartpole_run
+    evaluations = _rows(run_dir / "evaluations.csv")
     assert len(evaluations) >= 3  # the 600 s interval never fired: frames triggered these
     best = max(float(r["mean_reward"]) for r in evaluations)
     assert best >= 200, f"best evaluation {best}"
-    checkpoint = load_checkpoint(tmp_path / "cartpole" / "checkpoints" / "best.pt")
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert checkpoint["score"]["mean_reward"] == best
 
 
