@@ -101,8 +101,12 @@ benchmark: $(VENV)/.installed
 	$(BIN)/python scripts/benchmark.py --suite $(SUITE) --frames $(or $(FRAMES),10000000) \
 		$(call opt,--dir,$(SUITE_DIR)) -- $(call opt,--workers,$(WORKERS)) $(ARGS)
 
+# The tests run in TEST_PROCESSES processes, a test file to each at a time (a file's tests share
+# what they set up, as test_ray.py's cluster): most of their time is spent waiting on the
+# processes they start.
+TEST_PROCESSES ?= 2
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_PROCESSES) --dist loadfile
 
 # The unit tests alone (gradients, optimizers, returns, settings, environments, messages): the edit loop.
 test-fast: $(VENV)/.test-installed

@@ -1,6 +1,8 @@
 """Every test must leave no child process and no torch shared-memory segment behind. The one
 exception: a Ray cluster that a test module shares between its tests (registered in
-SHARED_PROCESS_ROOTS) lives, with what it starts, until that module's end."""
+SHARED_PROCESS_ROOTS) lives, with what it starts, until that module's end. Tests may run in
+several processes at once (pytest-xdist): a segment named for a live process outside this one's
+tree belongs to another test."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.helpers import CARTPOLE, TrainProcess
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -22,20 +26,53 @@ def _shared(process: psutil.Process) -> bool:
         return True  # gone
 
 
-def _torch_segments() -> set[str]:
+def torch_segments() -> set[str]:
     shm = Path("/dev/shm")
     if not shm.is_dir():
         return set()
     return {p.name for p in shm.iterdir() if p.name.startswith(("torch_", "psm_"))}
 
 
+def segments_left(before: set[str]) -> set[str]:
+    """The segments made since `before` that may be this test's: torch names one torch_<pid>_...
+    after its creator, and one whose creator lives outside this process's tree is another test's,
+    made in another process."""
+    me = psutil.Process()
+    tree = {me.pid, *(c.pid for c in me.children(recursive=True))}
+
+    def ours(segment: str) -> bool:
+        parts = segment.split("_")
+        if parts[0] != "torch" or len(parts) < 2 or not parts[1].isdigit():
+            return True
+        return int(parts[1]) in tree or not psutil.pid_exists(int(parts[1]))
+
+    return {s for s in torch_segments() - before if ours(s)}
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers():
-    segments = _torch_segments()
+    segments = torch_segments()
     yield
     children = psutil.Process().children(recursive=True)
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     # multiprocessing's resource tracker is shared by the whole session and ends with it.
     alive = [c for c in alive if "resource_tracker" not in " ".join(c.cmdline()) and not _shared(c)]
     assert not alive, f"processes left behind: {[(c.pid, c.cmdline()) for c in alive]}"
-    assert _torch_segments() <= segments, "shared-memory segments left behind"
+    left = segments_left(segments)
+    assert not left, f"shared-memory segments left behind: {sorted(left)}"
+
+
+# A CartPole run of `python -m a3c train` for tests of faults and shutdown: start(*more_flags).
+@pytest.fixture
+def train_process(tmp_path):
+    started: list[TrainProcess] = []
+
+    def start(*args: str) -> TrainProcess:
+        process = TrainProcess([*CARTPOLE, "--runs-dir", str(tmp_path), "--run-name", "run", *args], tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None or process.alive_pids():
+            process.kill_all()

@@ -14,6 +14,10 @@ from pathlib import Path
 
 import psutil
 
+# A small CartPole run that reports, evaluates and checkpoints often: flags of `a3c train`.
+CARTPOLE = ["--env-id", "CartPole-v1", "--workers", "2", "--lr", "1e-3", "--status-interval", "0.5",
+            "--eval-episodes", "2", "--checkpoint-interval", "1"]
+
 
 class TrainProcess:
     """`python -m a3c train ...` in its own process group, its output read line by line."""
