@@ -3,7 +3,6 @@ stopped with one clear line; and a chaos soak of all of it."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import torch
 
 from a3c.checkpoint import load_checkpoint
 from a3c.config import Config
+from a3c.logger import read_rows
 from a3c.model import bind_flat_parameters, build_model
 from a3c.shared import SharedTraining
 from a3c.supervisor import HangWatch, Progress
@@ -43,8 +43,7 @@ def test_killed_workers_and_evaluator_are_replaced_and_training_reaches_its_budg
     assert any("reached 150,000 frames" in line for line in run.lines)
     checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")  # by the new evaluator
     assert checkpoint["frames"] >= 150000
-    with open(tmp_path / "run" / "train_episodes.csv") as f:
-        episodes = list(csv.DictReader(f))
+    episodes = read_rows(tmp_path / "run" / "train_episodes.csv")
     assert checkpoint["episodes"] == len(episodes)  # the counters stayed consistent
     assert run.alive_pids() == []
 

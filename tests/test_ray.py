@@ -5,7 +5,6 @@ in a subprocess, as a user would start it."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ import pytest
 import torch
 
 from a3c.api import KEEP_LOOPBACK_ENV
+from a3c.logger import read_rows
 from tests.conftest import SHARED_PROCESS_ROOTS
 from tests.helpers import TrainProcess, wait_until
 
@@ -64,11 +64,6 @@ def _processes(pids: set[int]) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     return found
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def _checkpoint(run_dir: Path) -> dict:
@@ -124,10 +119,10 @@ def test_trains_on_both_nodes_past_a_random_policy(ray_run):
     placed = re.search(r"Ray: node group 0 \(1 worker\) on 127\.0\.0\.1 \(node (\w+)\), "
                        r"node group 1 \(1 worker\) on 127\.0\.0\.1 \(node (\w+)\)", output)
     assert placed and placed.group(1) != placed.group(2), output  # two groups, two distinct nodes
-    episodes = _rows(run_dir / "train_episodes.csv")
+    episodes = read_rows(run_dir / "train_episodes.csv")
     assert {row["worker"] for row in episodes} == {"0", "1"}  # each node's worker played
     # A random policy scores about 22; the local trainer passes 150 by ~160k frames here.
-    best = max(float(row["mean_reward"]) for row in _rows(run_dir / "evaluations.csv"))
+    best = max(float(row["mean_reward"]) for row in read_rows(run_dir / "evaluations.csv"))
     assert best >= 150, output
     checkpoint = _checkpoint(run_dir)
     assert checkpoint["frames"] >= 150_000
@@ -150,7 +145,7 @@ def test_resumes_a_ray_checkpoint_locally_and_on_ray(cluster, ray_run):
     assert "Ray: node group 0" in output and "node group 1" in output  # every live node by default
     resumed = _checkpoint(run_dir)
     assert resumed["frames"] >= local["frames"] + 5_000
-    assert resumed["episodes"] == len(_rows(run_dir / "train_episodes.csv"))
+    assert resumed["episodes"] == len(read_rows(run_dir / "train_episodes.csv"))
 
 
 def test_killed_and_stopped_node_groups_are_replaced_and_sigint_leaves_the_cluster_up(cluster, tmp_path):
@@ -183,7 +178,7 @@ def test_killed_and_stopped_node_groups_are_replaced_and_sigint_leaves_the_clust
     run_dir = tmp_path / "killed"
     checkpoint = _checkpoint(run_dir)
     assert checkpoint["frames"] >= replaced_at + 10_000
-    assert checkpoint["episodes"] == len(_rows(run_dir / "train_episodes.csv"))
+    assert checkpoint["episodes"] == len(read_rows(run_dir / "train_episodes.csv"))
     assert all(node.remaining_processes_alive() for node in cluster.list_all_nodes())  # the user's cluster
 
 
@@ -220,7 +215,7 @@ def test_a_lost_node_s_group_moves_to_a_live_node(cluster, tmp_path):
     _, alive = psutil.wait_procs(on_node, timeout=30)  # the lost node's group and workers went with it
     assert not alive
     run_dir = tmp_path / "node-lost"
-    episodes = _rows(run_dir / "train_episodes.csv")
+    episodes = read_rows(run_dir / "train_episodes.csv")
     assert any(int(e["worker"]) == lost_group and int(e["frames"]) > moved_at for e in episodes)  # trains again
     checkpoint = _checkpoint(run_dir)
     assert checkpoint["frames"] >= moved_at + 20_000

@@ -20,6 +20,7 @@ from a3c.checkpoint import RunWriteError, load_checkpoint, save_checkpoint
 from a3c.cli import main
 from a3c.config import Config
 from a3c.envs import env_spaces
+from a3c.logger import read_rows
 from a3c.model import build_model
 from a3c.trainer import Trainer, check_model_fits
 from tests.conftest import segments_left, torch_segments
@@ -65,8 +66,7 @@ def test_checkpoints_keep_their_schedule_while_the_evaluator_is_stopped_and_sigi
     assert any("SIGINT: stopping within 10 s" in line for line in run.lines)
     final = load_checkpoint(latest)
     assert final["frames"] > frames and final["score"] is None  # from the shared weights
-    with open(tmp_path / "run" / "train_episodes.csv") as f:
-        assert final["episodes"] == len(list(csv.DictReader(f)))
+    assert final["episodes"] == len(read_rows(tmp_path / "run" / "train_episodes.csv"))
     assert run.alive_pids() == []  # the stopped evaluator too
     assert not list(latest.parent.glob(".*.tmp"))
 
@@ -127,8 +127,7 @@ def test_resume_restores_model_optimizer_and_counters(tmp_path, optimizer):
     with open(run_dir / "train_episodes.csv") as f:
         rows = list(csv.reader(f))
     assert rows.count(rows[0]) == 1 and len(rows) - 1 == final["episodes"]  # appended, one header
-    with open(run_dir / "evaluations.csv") as f:
-        assert len(list(csv.DictReader(f))) == 2  # one final evaluation from each part
+    assert len(read_rows(run_dir / "evaluations.csv")) == 2  # one final evaluation from each part
 
 
 class _ExplodingTensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import subprocess
@@ -16,17 +15,13 @@ import torch
 from a3c.checkpoint import load_checkpoint
 from a3c.config import Config
 from a3c.envs import env_spaces
+from a3c.logger import read_rows
 from a3c.model import build_model
 from a3c.shared import SharedTraining
 from a3c.supervisor import POLL_S, Supervisor
 from a3c.trainer import Trainer
 
 pytestmark = pytest.mark.slow  # trains, or starts processes: left out by make test-fast
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +47,7 @@ def test_several_workers_update_the_shared_model(cartpole_run):
     assert len(per_worker) == 3 and all(frames > 0 for frames in per_worker)  # every worker stepped and counted
     assert shared.total_frames() == sum(per_worker) >= trainer.config.total_frames
     assert float(shared.optimizer.steps[0]) > 0
-    episodes = _rows(run_dir / "train_episodes.csv")
+    episodes = read_rows(run_dir / "train_episodes.csv")
     assert len(episodes) == shared.total_episodes()
     for worker, frames in enumerate(per_worker):
         played = sum(int(r["length"]) for r in episodes if int(r["worker"]) == worker)
@@ -90,7 +85,7 @@ def test_cartpole_learns_well_above_random(cartpole_run):
     # A random policy scores about 22. Runs of this configuration reached 200 in about a third of
     # these frames, and later 500 (scripts/bench_learning.py; docs/benchmarks.md): a wide margin.
     _, _, run_dir = cartpole_run
-    evaluations = _rows(run_dir / "evaluations.csv")
+    evaluations = read_rows(run_dir / "evaluations.csv")
     assert len(evaluations) >= 3  # the 600 s interval never fired: frames triggered these
     best = max(float(r["mean_reward"]) for r in evaluations)
     assert best >= 200, f"best evaluation {best}"
