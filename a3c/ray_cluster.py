@@ -181,8 +181,11 @@ class ParameterServer:
         self.stop = False
 
     def register(self, node: int, incarnation: int) -> None:
+        """A new incarnation of a group: its heartbeat counts from zero, so that the driver allows
+        it a start-up before its first exchange."""
         self.incarnations[node] = incarnation
         self.exchanging.discard(node)
+        self.exchanges[node] = 0
 
     def has_exchanged(self, node: int) -> bool:
         """Whether the group's current incarnation ran far enough to exchange once."""
