@@ -43,6 +43,16 @@ def torch_segments() -> set[str]:
     return {p.name for p in shm.iterdir() if p.name.startswith(("torch_", "psm_"))} if shm.is_dir() else set()
 
 
+def of_others(segment: str, ours: set[int]) -> bool:
+    """Whether a segment is another live process's: torch names one torch_<pid>_... after its creator
+    (the soak may run beside other work that makes its own)."""
+    parts = segment.split("_")
+    if parts[0] != "torch" or len(parts) < 2 or not parts[1].isdigit():
+        return False
+    creator = int(parts[1])
+    return creator not in ours and psutil.pid_exists(creator)
+
+
 def training_children(trainer: psutil.Process) -> list[psutil.Process]:
     """The trainer's workers and evaluator (spawned children; not multiprocessing's resource tracker)."""
     found = []
@@ -168,7 +178,8 @@ def soak(options: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
     leftover = [pid for pid in seen_pids if psutil.pid_exists(pid)
                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     temporaries = [p.name for p in latest.parent.glob(".*.tmp")]
-    new_segments = sorted(torch_segments() - segments_before)
+    new_segments = sorted(s for s in torch_segments() - segments_before
+                          if not of_others(s, {trainer.process.pid, *seen_pids}))
     settled = [s for s in samples if s["t"] >= options.warmup + 5]
     quarter = max(1, len(settled) // 4)
     first, last = settled[:quarter], settled[-quarter:]

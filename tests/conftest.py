@@ -26,6 +26,24 @@ def _shared(process: psutil.Process) -> bool:
         return True  # gone
 
 
+def _command(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone, or a zombie, since it was listed
+        return ""
+
+
+def _left_behind(process: psutil.Process) -> bool:
+    """Alive and this test's: multiprocessing's resource tracker is shared by the whole session and
+    ends with it, a shared Ray cluster's processes with their module."""
+    try:
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.NoSuchProcess:
+        return False
+    return "resource_tracker" not in _command(process) and not _shared(process)
+
+
 def torch_segments() -> set[str]:
     shm = Path("/dev/shm")
     if not shm.is_dir():
@@ -53,11 +71,8 @@ def segments_left(before: set[str]) -> set[str]:
 def no_leftovers():
     segments = torch_segments()
     yield
-    children = psutil.Process().children(recursive=True)
-    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    # multiprocessing's resource tracker is shared by the whole session and ends with it.
-    alive = [c for c in alive if "resource_tracker" not in " ".join(c.cmdline()) and not _shared(c)]
-    assert not alive, f"processes left behind: {[(c.pid, c.cmdline()) for c in alive]}"
+    alive = [c for c in psutil.Process().children(recursive=True) if _left_behind(c)]
+    assert not alive, f"processes left behind: {[(c.pid, _command(c)) for c in alive]}"
     left = segments_left(segments)
     assert not left, f"shared-memory segments left behind: {sorted(left)}"
 
