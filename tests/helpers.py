@@ -30,14 +30,15 @@ class TrainProcess:
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env=env, start_new_session=True)
         self.lines: list[str] = []
+        self.arrivals: list[float] = []  # when each line was read (time.monotonic())
         self.pids: set[int] = {self.process.pid}
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[float, str] | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         for line in self.process.stdout:
-            self._queue.put(line.rstrip("\n"))
+            self._queue.put((time.monotonic(), line.rstrip("\n")))
         self._queue.put(None)
 
     def wait_for(self, pattern: str, timeout: float = 120.0) -> re.Match:
@@ -45,14 +46,13 @@ class TrainProcess:
         regex = re.compile(pattern)
         while True:
             try:
-                line = self._queue.get(timeout=timeout)
+                item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n"
                                      + "\n".join(self.lines[-30:])) from None
-            if line is None:
+            if item is None:
                 raise AssertionError(f"process ended before {pattern!r}:\n" + "\n".join(self.lines[-30:]))
-            self.lines.append(line)
-            self.pids.update(int(p) for p in re.findall(r"pid (\d+)", line))
+            line = self._keep(item)
             match = regex.search(line)
             if match:
                 return match
@@ -69,12 +69,24 @@ class TrainProcess:
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=10)
         while True:
-            line = self._queue.get_nowait() if not self._queue.empty() else None
-            if line is None:
+            item = self._queue.get_nowait() if not self._queue.empty() else None
+            if item is None:
                 break
-            self.lines.append(line)
-            self.pids.update(int(p) for p in re.findall(r"pid (\d+)", line))
+            self._keep(item)
         return code
+
+    def _keep(self, item: tuple[float, str]) -> str:
+        arrival, line = item
+        self.arrivals.append(arrival)
+        self.lines.append(line)
+        self.pids.update(int(p) for p in re.findall(r"pid (\d+)", line))
+        return line
+
+    def lines_since(self, moment: float) -> str:
+        """The lines read after `moment` (time.monotonic()), each with its seconds since then."""
+        return "\n".join(f"+{arrival - moment:.1f} s {line}" for arrival, line in zip(self.arrivals, self.lines,
+                                                                                      strict=True)
+                         if arrival >= moment)
 
     def worker_pid(self, slot: int) -> int:
         for line in reversed(self.lines):
