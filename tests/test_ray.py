@@ -35,9 +35,6 @@ CARTPOLE = ["--env-id", "CartPole-v1", "--lr", "1e-3", "--eval-interval", "600",
 def cluster():
     saved = {k: os.environ.get(k) for k in (KEEP_LOOPBACK_ENV, "RAY_worker_niceness")}
     os.environ[KEEP_LOOPBACK_ENV] = "0"  # keeps Ray on loopback (read at import)
-    # Ray's workers run at niceness 15 unless told: beside the other tests' processes an actor's
-    # start then takes minutes. At 0, as the README advises for a cluster of one's own.
-    os.environ["RAY_worker_niceness"] = "0"
     ray_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed (pip install 'a3c[ray]')")
     before = {p.pid for p in psutil.Process().children()}
     cluster = ray_utils.Cluster(initialize_head=True, head_node_args={
