@@ -152,9 +152,7 @@ def test_killed_and_stopped_node_groups_are_replaced_and_sigint_leaves_the_clust
     with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "100000000", "--hang-timeout", "10",
                     "--runs-dir", str(tmp_path), "--run-name", "killed", *CARTPOLE], tmp_path) as process:
         process.wait_for(r"frames [1-9][\d,]*/")  # training has started
-        # One group can train before the other's actor has started: wait for both.
-        wait_until(lambda: len(_ray_processes("ray::NodeGroup")) == 2, 60, "both node groups' actors")
-        killed, stopped = _ray_processes("ray::NodeGroup")
+        killed, stopped = _both_node_groups()
         their_workers = killed.children(recursive=True) + stopped.children(recursive=True)
         # Nothing listens outside loopback: the cluster, the driver, the node groups.
         assert _listening_addresses([*SHARED_PROCESS_ROOTS, process.process.pid]) <= set(LOOPBACK)
@@ -230,6 +228,13 @@ def _ray_processes(prefix: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(prefix)]
 
 
+def _both_node_groups() -> list[psutil.Process]:
+    """The two node groups' actor processes, once both exist: one group can train before the
+    other's actor has started."""
+    wait_until(lambda: len(_ray_processes("ray::NodeGroup")) == 2, 60, "both node groups' actors")
+    return _ray_processes("ray::NodeGroup")
+
+
 def test_losing_the_parameter_server_ends_the_run_with_one_error_and_a_resumable_checkpoint(cluster, tmp_path):
     with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
                     "--eval-every-frames", "20000", "--runs-dir", str(tmp_path), "--run-name", "lost",
@@ -254,9 +259,7 @@ def test_a_killed_driver_takes_its_node_groups_and_workers_with_it(cluster, tmp_
     with _training(["--ray", cluster.address, "--workers", "2", "--total-frames", "10000000",
                     "--runs-dir", str(tmp_path), "--run-name", "driver", *CARTPOLE], tmp_path) as process:
         process.wait_for(r"frames [1-9][\d,]*/")
-        # One group can train before the other's actor has started: wait for both.
-        wait_until(lambda: len(_ray_processes("ray::NodeGroup")) == 2, 60, "both node groups' actors")
-        groups = _ray_processes("ray::NodeGroup")
+        groups = _both_node_groups()
         workers = [child for group in groups for child in group.children(recursive=True)]
         assert workers
         evaluator = psutil.Process(process.process.pid).children()
