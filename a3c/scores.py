@@ -87,6 +87,13 @@ PUBLISHED_AGENTS: tuple[PublishedAgent, ...] = (
                     "kungfumaster": 27599.3, "pong": 20.7, "breakout": 456.4}),
     PublishedAgent("PPO, 40 M frames (Schulman et al. 2017, table 6)", 40e6, "training, last 100 episodes",
                    {"pong": 20.7, "breakout": 274.8}),
+    # The PPO paper's own code (openai/baselines ppo2) on all 57 games, 10 M steps of 4 frames each, as
+    # rerun by Huang et al. (2022) and tabulated in CleanRL's documentation (docs.cleanrl.dev, "PPO",
+    # ppo_atari_envpool_xla_jax, its baselines-ppo2-cnn column): the one PPO at 40 M frames with Phoenix.
+    PublishedAgent("PPO (baselines ppo2), 40 M frames (Huang et al. 2022, CleanRL docs)", 40e6,
+                   "training, the latest episodes at the end, mean over seeds",
+                   {"battlezone": 19980.0, "doubledunk": -12.96, "namethisgame": 6815.63, "phoenix": 9517.73,
+                    "qbert": 15228.25, "kungfumaster": 30451.67, "pong": 20.45, "breakout": 405.73}),
 )
 
 

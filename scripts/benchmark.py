@@ -160,6 +160,7 @@ def picture(bench_dir: Path, results: list[dict[str, Any]], estimates: dict[str,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     figure, (curves, summary) = plt.subplots(1, 2, figsize=(14, 5))
     for r in results:
@@ -171,6 +172,7 @@ def picture(bench_dir: Path, results: list[dict[str, Any]], estimates: dict[str,
         curves.plot(frames, smooth(values, 100), label=game_name(r["env_id"]))
     curves.set(title="Training return, human-normalised (last 100 episodes)", xlabel="frames",
                ylabel="% of human over random")
+    curves.xaxis.set_major_formatter(EngFormatter())
     budget = max((r["frames"] or 0 for r in results), default=0)
     for number, measure in enumerate(MEASURES):
         for key, marker in (("atari5", "o"), ("atari3", "s")):
@@ -178,13 +180,20 @@ def picture(bench_dir: Path, results: list[dict[str, Any]], estimates: dict[str,
             if value is not None:
                 summary.scatter([budget], [value], marker=marker, color=f"C{number}",
                                 label=f"here, {measure.replace('_', ' ')}: {SUBSETS[key].name} {value:.1f}%")
-    for number, agent in enumerate(PUBLISHED_AGENTS):  # their budgets differ: lines across
+    budgets = [budget]
+    for number, agent in enumerate(PUBLISHED_AGENTS):  # a point at its budget; a line where it had none
         value = agent_estimate(agent, SUBSETS["atari5"])
-        if value is not None:
-            summary.axhline(value, color="0.4", linestyle=("--", ":", "-.")[number % 3], linewidth=1,
-                            label=f"{agent.label}: Atari-5 {value:.1f}%")
+        if value is None:
+            continue
+        label = f"{agent.label}: Atari-5 {value:.1f}%"
+        if agent.frames is None:
+            summary.axhline(value, color="0.4", linestyle=("--", ":", "-.")[number % 3], linewidth=1, label=label)
+        else:
+            summary.scatter([agent.frames], [value], marker="D", color="0.3", label=label)
+            budgets.append(agent.frames)
     summary.set(title="Estimated median human-normalised score over 57 games", xlabel="frames",
-                ylabel="%")
+                ylabel="%", xlim=(0, 1.1 * max(budgets)), ylim=(0, None))
+    summary.xaxis.set_major_formatter(EngFormatter())
     summary.legend(fontsize="x-small")
     if curves.get_legend_handles_labels()[0]:
         curves.legend(fontsize="small")

@@ -72,6 +72,11 @@ def test_published_agents_are_estimated_by_the_same_code():
     for label in ("A2C", "ACER", "PPO"):
         assert "phoenix" not in by_label[label].scores
         assert agent_estimate(by_label[label], SUBSETS["atari5"]) is None
+    # The PPO paper's code rerun on all 57 games has them all: the PPO at 40 M frames to compare with.
+    ppo2 = by_label["PPO (baselines ppo2)"]
+    assert ppo2.frames == 40e6
+    assert agent_estimate(ppo2, SUBSETS["atari5"]) == subset_estimate(
+        SUBSETS["atari5"], {game: human_normalized(game, ppo2.scores[game_key(game)]) for game in SUBSETS["atari5"].games})
 
 
 @pytest.mark.slow
