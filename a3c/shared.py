@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -15,6 +16,22 @@ from a3c.shared_optim import SharedAdam, SharedOptimizer, SharedRMSprop
 # Events: an Event's condition variable deadlocks its set() once a waiting process is SIGKILLed.
 STOP, WORKERS_DONE, EVALUATE_AT_END = range(3)
 FLAG_POLL_S = 0.05
+
+
+def torch_segments() -> set[str]:
+    """The names of torch's shared-memory segments now on this machine (none without /dev/shm): what
+    a run shares lives in them, so a leftover one is memory a run failed to give back."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return set()
+    return {p.name for p in shm.iterdir() if p.name.startswith(("torch_", "psm_"))}
+
+
+def segment_creator(name: str) -> int | None:
+    """The pid of the process that made a torch segment, which torch names torch_<pid>_...; None for
+    a name that does not say."""
+    parts = name.split("_")
+    return int(parts[1]) if parts[0] == "torch" and len(parts) > 1 and parts[1].isdigit() else None
 
 
 def build_optimizer(config: Config, params: torch.Tensor) -> SharedOptimizer:

@@ -35,23 +35,16 @@ from typing import Any
 import numpy as np
 import psutil
 
+from a3c.shared import segment_creator, torch_segments
+
 FAULTS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGSTOP": signal.SIGSTOP}
 SLACK_S = 2.0    # on top of the checkpoint interval: the trainer's tick, the write, our sampling
 
 
-def torch_segments() -> set[str]:
-    shm = Path("/dev/shm")
-    return {p.name for p in shm.iterdir() if p.name.startswith(("torch_", "psm_"))} if shm.is_dir() else set()
-
-
 def of_others(segment: str, ours: set[int]) -> bool:
-    """Whether a segment is another live process's: torch names one torch_<pid>_... after its creator
-    (the soak may run beside other work that makes its own)."""
-    parts = segment.split("_")
-    if parts[0] != "torch" or len(parts) < 2 or not parts[1].isdigit():
-        return False
-    creator = int(parts[1])
-    return creator not in ours and psutil.pid_exists(creator)
+    """Whether a segment is another live process's (the soak may run beside other work that makes its own)."""
+    creator = segment_creator(segment)
+    return creator is not None and creator not in ours and psutil.pid_exists(creator)
 
 
 def training_children(trainer: psutil.Process) -> list[psutil.Process]:

@@ -7,11 +7,11 @@ tree belongs to another test."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import psutil
 import pytest
 
+from a3c.shared import segment_creator, torch_segments
 from tests.helpers import CARTPOLE, TrainProcess
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -44,13 +44,6 @@ def _left_behind(process: psutil.Process) -> bool:
     return "resource_tracker" not in _command(process) and not _shared(process)
 
 
-def torch_segments() -> set[str]:
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
-        return set()
-    return {p.name for p in shm.iterdir() if p.name.startswith(("torch_", "psm_"))}
-
-
 def segments_left(before: set[str]) -> set[str]:
     """The segments made since `before` that may be this test's: torch names one torch_<pid>_...
     after its creator, and one whose creator lives outside this process's tree is another test's,
@@ -59,10 +52,8 @@ def segments_left(before: set[str]) -> set[str]:
     tree = {me.pid, *(c.pid for c in me.children(recursive=True))}
 
     def ours(segment: str) -> bool:
-        parts = segment.split("_")
-        if parts[0] != "torch" or len(parts) < 2 or not parts[1].isdigit():
-            return True
-        return int(parts[1]) in tree or not psutil.pid_exists(int(parts[1]))
+        creator = segment_creator(segment)
+        return creator is None or creator in tree or not psutil.pid_exists(creator)
 
     return {s for s in torch_segments() - before if ours(s)}
 

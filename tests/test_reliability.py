@@ -22,8 +22,9 @@ from a3c.config import Config
 from a3c.envs import env_spaces
 from a3c.logger import read_rows
 from a3c.model import build_model
+from a3c.shared import torch_segments
 from a3c.trainer import Trainer, check_model_fits
-from tests.conftest import segments_left, torch_segments
+from tests.conftest import segments_left
 from tests.helpers import CARTPOLE, TrainProcess, wait_until, write_checkpoint
 
 pytestmark = pytest.mark.slow  # trains, or starts processes: left out by make test-fast

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from a3c.shared import segment_creator, torch_segments
 from a3c.shared_optim import SharedAdam, SharedRMSprop
 
 
@@ -139,3 +140,9 @@ def test_no_phantom_non_finite_weights_while_workers_step():
     assert steps_during > 10_000  # the checks really raced with the updates
     assert phantom == 0
     assert bool(torch.isfinite(shared.params).all())
+
+
+def test_a_segment_s_creator_is_read_from_torch_s_name():
+    assert segment_creator("torch_1234_567_0") == 1234  # torch_<pid>_<random>_<counter>
+    assert segment_creator("psm_0a1b") is None and segment_creator("torch_shm") is None
+    assert isinstance(torch_segments(), set)
