@@ -32,6 +32,8 @@ from a3c.checkpoint import CHECKPOINT_DIR, LATEST
 
 STATUS = re.compile(r"\[(\d+):(\d+):(\d+)\] frames ([\d,]+)/")
 EVALUATED = re.compile(r"^eval at ([\d,]+) frames", re.MULTILINE)
+LENGTH = re.compile(r"^eval at .*mean length ([\d.]+)", re.MULTILINE)
+NO_BUDGET = "1000000000000"  # frames: the window, not the copied run's budget, ends the measurement
 EVALUATOR = re.compile(r"evaluator \(pid (\d+)\)")
 WARMUP_S = 30.0  # the share is also reported from here on: without the start-up's imports
 
@@ -44,7 +46,7 @@ def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str
         shutil.copy(run / CHECKPOINT_DIR / LATEST, copy / CHECKPOINT_DIR / LATEST)
         process = subprocess.Popen(
             [sys.executable, "-m", "a3c", "train", "--resume", str(copy), "--workers", str(workers),
-             "--time-limit", str(seconds), "--status-interval", "5", *train_args],
+             "--time-limit", str(seconds), "--status-interval", "5", "--total-frames", NO_BUDGET, *train_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
@@ -91,8 +93,10 @@ def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str
         after += (f" ({100 * (last_cpu - first_cpu) / (last_end - first_end) / cores:.2f}% between the ends of "
                   f"its first and last evaluations, {len(at_evaluation_ends) - 1} cycles)")
     gaps = [round((b - a) / 1e6, 2) for a, b in itertools.pairwise(frames)]
+    lengths = [round(float(length)) for length in LENGTH.findall(before_stop)]  # an evaluation's CPU follows them
     return (f"{workers} workers: {fps:,.0f} frames/s; the evaluator used {share:.2f}% of the machine's CPU over "
-            f"{ended - began:.0f} s{after}; evaluations at {[round(f / 1e6, 2) for f in frames]} M frames; gaps {gaps} M")
+            f"{ended - began:.0f} s{after}; evaluations at {[round(f / 1e6, 2) for f in frames]} M frames; gaps {gaps} M;"
+            f" mean episode lengths {lengths}")
 
 
 def main(argv: list[str] | None = None) -> None:
