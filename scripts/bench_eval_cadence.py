@@ -8,8 +8,9 @@ cycle at which the window ends.
     python scripts/bench_eval_cadence.py RUN --workers 16 --seconds 600 -- --eval-cpu-share 0.045
 
 A trained run makes the evaluation episodes as long as they will be late in training. The run is
-copied (its checkpoint and configuration) into a temporary folder; RUN itself is left as it is.
-Everything after `--` goes to `a3c train --resume`.
+copied (its checkpoint and configuration) into a temporary folder; RUN itself is left as it is. The
+evaluator runs with today's default settings, not those RUN was trained with; everything after `--`
+goes to `a3c train --resume` and overrides them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import psutil
 
 from a3c.checkpoint import CHECKPOINT_DIR, LATEST
+from a3c.config import Config
 
 STATUS = re.compile(r"\[(\d+):(\d+):(\d+)\] frames ([\d,]+)/")
 EVALUATED = re.compile(r"^eval at ([\d,]+) frames", re.MULTILINE)
@@ -36,6 +38,13 @@ LENGTH = re.compile(r"^eval at .*mean length ([\d.]+)", re.MULTILINE)
 NO_BUDGET = "1000000000000"  # frames: the window, not the copied run's budget, ends the measurement
 EVALUATOR = re.compile(r"evaluator \(pid (\d+)\)")
 WARMUP_S = 30.0  # the share is also reported from here on: without the start-up's imports
+
+
+def evaluator_defaults() -> list[str]:
+    """Today's evaluator settings as flags: a resumed run would keep those it was trained with."""
+    defaults = Config()
+    return ["--eval-cpu-share", str(defaults.eval_cpu_share), "--eval-interval", str(defaults.eval_interval),
+            "--eval-episodes", str(defaults.eval_episodes)]
 
 
 def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str:
@@ -46,7 +55,8 @@ def measure(run: Path, workers: int, seconds: int, train_args: list[str]) -> str
         shutil.copy(run / CHECKPOINT_DIR / LATEST, copy / CHECKPOINT_DIR / LATEST)
         process = subprocess.Popen(
             [sys.executable, "-m", "a3c", "train", "--resume", str(copy), "--workers", str(workers),
-             "--time-limit", str(seconds), "--status-interval", "5", "--total-frames", NO_BUDGET, *train_args],
+             "--time-limit", str(seconds), "--status-interval", "5", "--total-frames", NO_BUDGET,
+             *evaluator_defaults(), *train_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         lines: list[str] = []
         reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
