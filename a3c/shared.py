@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
 
 from a3c.config import Config
@@ -32,6 +33,13 @@ def segment_creator(name: str) -> int | None:
     a name that does not say."""
     parts = name.split("_")
     return int(parts[1]) if parts[0] == "torch" and len(parts) > 1 and parts[1].isdigit() else None
+
+
+def made_by_another_process(name: str, ours: set[int]) -> bool:
+    """Whether a segment is another live process's, not one of `ours` (nor of a process gone): a check
+    for leftovers may run beside other work that makes its own."""
+    creator = segment_creator(name)
+    return creator is not None and creator not in ours and psutil.pid_exists(creator)
 
 
 def build_optimizer(config: Config, params: torch.Tensor) -> SharedOptimizer:

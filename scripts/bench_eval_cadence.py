@@ -35,9 +35,9 @@ from a3c.config import Config
 STATUS = re.compile(r"\[(\d+):(\d+):(\d+)\] frames ([\d,]+)/")
 EVALUATED = re.compile(r"^eval at ([\d,]+) frames", re.MULTILINE)
 LENGTH = re.compile(r"^eval at .*mean length ([\d.]+)", re.MULTILINE)
-NO_BUDGET = "1000000000000"  # frames: the window, not the copied run's budget, ends the measurement
 EVALUATOR = re.compile(r"evaluator \(pid (\d+)\)")
 WARMUP_S = 30.0  # the share is also reported from here on: without the start-up's imports
+NO_BUDGET = "1000000000000"  # frames: the window, not the copied run's budget, ends the measurement
 
 
 def evaluator_defaults() -> list[str]:

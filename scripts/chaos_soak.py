@@ -35,16 +35,10 @@ from typing import Any
 import numpy as np
 import psutil
 
-from a3c.shared import segment_creator, torch_segments
+from a3c.shared import made_by_another_process, torch_segments
 
 FAULTS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "SIGSTOP": signal.SIGSTOP}
 SLACK_S = 2.0    # on top of the checkpoint interval: the trainer's tick, the write, our sampling
-
-
-def of_others(segment: str, ours: set[int]) -> bool:
-    """Whether a segment is another live process's (the soak may run beside other work that makes its own)."""
-    creator = segment_creator(segment)
-    return creator is not None and creator not in ours and psutil.pid_exists(creator)
 
 
 def training_children(trainer: psutil.Process) -> list[psutil.Process]:
@@ -179,7 +173,7 @@ def soak(options: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     temporaries = [p.name for p in latest.parent.glob(".*.tmp")]
     new_segments = sorted(s for s in torch_segments() - segments_before
-                          if not of_others(s, {trainer.process.pid, *seen_pids}))
+                          if not made_by_another_process(s, {trainer.process.pid, *seen_pids}))
     settled = [s for s in samples if s["t"] >= options.warmup + 5]
     quarter = max(1, len(settled) // 4)
     first, last = settled[:quarter], settled[-quarter:]

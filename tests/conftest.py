@@ -11,7 +11,7 @@ import os
 import psutil
 import pytest
 
-from a3c.shared import segment_creator, torch_segments
+from a3c.shared import made_by_another_process, torch_segments
 from tests.helpers import CARTPOLE, TrainProcess
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -50,12 +50,7 @@ def segments_left(before: set[str]) -> set[str]:
     made in another process."""
     me = psutil.Process()
     tree = {me.pid, *(c.pid for c in me.children(recursive=True))}
-
-    def ours(segment: str) -> bool:
-        creator = segment_creator(segment)
-        return creator is None or creator in tree or not psutil.pid_exists(creator)
-
-    return {s for s in torch_segments() - before if ours(s)}
+    return {s for s in torch_segments() - before if not made_by_another_process(s, tree)}
 
 
 @pytest.fixture(autouse=True)
