@@ -123,6 +123,11 @@ class AtariEnv(gym.Env):
     def render(self) -> np.ndarray:
         return self._ale.getScreenRGB()
 
+    @property
+    def ale(self) -> Any:
+        """The emulator (ale_py.ALEInterface), for analyses that save and restore its state."""
+        return self._ale
+
     def close(self) -> None:
         self._base.close()
 

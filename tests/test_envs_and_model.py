@@ -133,6 +133,20 @@ def test_frame_stats_reports_a_games_pixel_statistics_and_the_background_gain():
     assert background == pytest.approx(87 / 255, abs=0.01)  # Pong's brown field
 
 
+@pytest.mark.slow
+def test_reward_delay_finds_the_step_that_earned_each_reward():
+    # KungFuMaster scores on the step of the blow; Breakout a ball's flight after the paddle's hit.
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reward_delay.py"
+    result = subprocess.run([sys.executable, str(script), "--env-id", "ALE/KungFuMaster-v5", "ALE/Breakout-v5",
+                             "--rewards", "3"], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in result.stdout.splitlines()[2:]}
+    assert rows["ALE/KungFuMaster-v5"] == ["3", "1", "1", "1", "100%", "100%"]
+    count, median, _, longest, within_5, _ = rows["ALE/Breakout-v5"]
+    assert count == "3" and 5 < float(median) <= int(longest) < 60 and within_5 == "0%"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("body,obs_shape,lstm", [("tutorial", (4, 42, 42), False), ("tutorial", (4, 42, 42), True),
                                                  ("mnih2013", (4, 84, 84), False), ("mnih2015", (4, 84, 84), True),
