@@ -22,7 +22,7 @@ from a3c import reference
 from a3c.config import Config
 from a3c.envs import env_spaces
 from a3c.model import DTYPES, build_model
-from a3c.shared import SharedTraining
+from a3c.shared import STOP, SharedTraining
 from a3c.worker import (
     Rollout,
     UpdateStats,
@@ -381,3 +381,38 @@ def test_staleness_counts_the_updates_stepped_between_a_weight_copy_and_its_step
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("lstm", [False, True], ids=["feedforward", "lstm"])
+def test_a_rollout_cut_short_by_the_stop_signal_hands_over_its_own_gradient(lstm):
+    # At shutdown each worker's last rollout ends at the step that saw the stop flag: its update
+    # must be that shorter rollout's gradient, not one over stale rows of the buffers.
+    config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lstm=lstm, lr=1e-3, envs_per_worker=3,
+                    precision="float32", max_grad_norm=1e9)
+    torch.manual_seed(0)
+    obs_shape, n_actions = env_spaces(config)
+    model = build_model(config, obs_shape, n_actions)
+    shared = SharedTraining.create(model, config)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    recorder = RecordingOptimizer(shared.optimizer)
+    worker.optimizer = recorder
+    observations = record_acting_observations(worker)
+    worker.sync_weights()
+    worker.update(worker.collect())  # a whole rollout first: the buffers hold its rows
+    act = worker.rollout.tape.act
+
+    def act_then_stop(obs, state):
+        if len(observations) == 3:
+            shared.set_flag(STOP)
+        return act(obs, state)
+
+    worker.rollout.tape.act = act_then_stop
+    worker.sync_weights()
+    weights = worker.local_params.clone()
+    observations.clear()
+    rollout = worker.collect()
+    expected = reference_gradient(worker.model, weights, rollout, observations, config)
+    worker.update(rollout)
+    worker.close()
+    assert rollout.steps == 4 and len(recorder.received) == 2
+    assert_same_gradient(recorder.received[1], expected, "float32", worker.model)
