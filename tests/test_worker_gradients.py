@@ -62,6 +62,18 @@ def record_acting_observations(worker: Worker) -> list[torch.Tensor]:
     return seen
 
 
+def recorded_worker(config: Config) -> tuple[Worker, RecordingOptimizer, list[torch.Tensor]]:
+    """A worker on fresh shared weights (seeded: how far rounding goes depends on them) whose
+    optimizer records every gradient it is handed, and the observations of its acting passes."""
+    torch.manual_seed(0)
+    obs_shape, n_actions = env_spaces(config)
+    shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    recorder = RecordingOptimizer(shared.optimizer)
+    worker.optimizer = recorder
+    return worker, recorder, record_acting_observations(worker)
+
+
 def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observations: list[torch.Tensor],
                        config: Config) -> torch.Tensor:
     """a3c/reference.py's gradient of the rollout, with a fresh copy of the model holding the
@@ -107,14 +119,7 @@ def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, fra
     config = Config(env_id=env_id, workers=1, t_max=8, lstm=lstm, lr=1e-3, envs_per_worker=envs,
                     frame_norm=frame_norm, precision=precision,
                     max_grad_norm=1e9)  # no clipping: the raw gradient is compared
-    torch.manual_seed(0)  # the same weights each run: how far rounding goes depends on them
-    obs_shape, n_actions = env_spaces(config)
-    model = build_model(config, obs_shape, n_actions)
-    shared = SharedTraining.create(model, config)
-    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
-    recorder = RecordingOptimizer(shared.optimizer)
-    worker.optimizer = recorder
-    observations = record_acting_observations(worker)
+    worker, recorder, observations = recorded_worker(config)
     references = []
     for _ in range(4):
         worker.sync_weights()
@@ -389,14 +394,8 @@ def test_a_rollout_cut_short_by_the_stop_signal_hands_over_its_own_gradient(lstm
     # must be that shorter rollout's gradient, not one over stale rows of the buffers.
     config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lstm=lstm, lr=1e-3, envs_per_worker=3,
                     precision="float32", max_grad_norm=1e9)
-    torch.manual_seed(0)
-    obs_shape, n_actions = env_spaces(config)
-    model = build_model(config, obs_shape, n_actions)
-    shared = SharedTraining.create(model, config)
-    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
-    recorder = RecordingOptimizer(shared.optimizer)
-    worker.optimizer = recorder
-    observations = record_acting_observations(worker)
+    worker, recorder, observations = recorded_worker(config)
+    shared = worker.shared
     worker.sync_weights()
     worker.update(worker.collect())  # a whole rollout first: the buffers hold its rows
     act = worker.rollout.tape.act
