@@ -24,6 +24,10 @@ BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
 # The default learning rate of each optimizer, for any number of workers (Config.learning_rate).
 # RMSProp's is baselines' A2C's (and pytorch-a2c-ppo-acktr's), not searched here.
 DEFAULT_LR = {"adam": 3e-4, "rmsprop": 7e-4}
+# Adam's default beta1 (Config.adam_betas): at most DEFAULT_ADAM_BETA1, and the updates of lag that
+# its mean gradient and the workers' staleness add up to, kept at what they are with 2 workers.
+DEFAULT_ADAM_BETA1 = 0.9
+LAG_UPDATES = 10
 
 
 class ConfigError(ValueError):
@@ -97,7 +101,9 @@ class Config:
     lr: float | None = field(default=None, metadata=_help(
         "learning rate", "adam 3e-4, rmsprop 7e-4, for any number of workers"))
     lr_anneal: bool = field(default=False, metadata=_help("anneal the learning rate linearly to 0 over total_frames"))
-    adam_beta1: float = field(default=0.9, metadata=_help("Adam's decay of the mean gradient (its momentum)"))
+    adam_beta1: float | None = field(default=None, metadata=_help(
+        "Adam's decay of the mean gradient (its momentum)",
+        "0.9 up to 2 workers, falling with more, 0 from 11 (see Config.adam_betas)"))
     adam_beta2: float = field(default=0.999, metadata=_help("Adam's decay of the mean squared gradient"))
     adam_eps: float = field(default=1e-8, metadata=_help("Adam's epsilon"))
     rmsprop_alpha: float = field(default=0.99, metadata=_help("RMSProp's decay of the mean squared gradient"))
@@ -202,6 +208,18 @@ class Config:
         the workers to offset their updates' staleness learned Pong later per frame at 16 workers
         (docs/experiments.md); a Ray run's nodes all take it."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def adam_betas(self) -> tuple[float, float]:
+        """Adam's (beta1, beta2), beta1 by default from the number of workers. Adam's mean gradient
+        lags about beta1 / (1 - beta1) updates behind (9 at 0.9), and with W workers each gradient
+        lands some W - 1 updates late already (train/staleness): the default keeps the two at the
+        LAG_UPDATES of 2 workers, beta1 = k / (k + 1) with k = LAG_UPDATES + 1 - W, so 0 from 11
+        workers (docs/experiments.md, "Learning rate and workers")."""
+        if self.adam_beta1 is not None:
+            return self.adam_beta1, self.adam_beta2
+        momentum_lag = max(0, LAG_UPDATES - (self.workers - 1))
+        return min(DEFAULT_ADAM_BETA1, momentum_lag / (momentum_lag + 1)), self.adam_beta2
 
     @property
     def network_precision(self) -> str:
@@ -312,8 +330,9 @@ def validate(config: Config) -> None:
     if config.reward_scale is not None:
         _positive("reward_scale", config.reward_scale)
     for name in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(config, name) < 1:
-            raise ConfigError(f"{name} must lie in [0, 1), got {getattr(config, name)}")
+        value = getattr(config, name)
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f"{name} must lie in [0, 1), got {value}")
     if not 0 < config.rmsprop_alpha < 1:
         raise ConfigError(f"rmsprop_alpha must lie in (0, 1), got {config.rmsprop_alpha}")
     if config.frame_norm not in FRAME_NORMS:

@@ -46,7 +46,7 @@ def build_optimizer(config: Config, params: torch.Tensor) -> SharedOptimizer:
     """The run's shared optimizer over the flat shared weights."""
     if config.optimizer == "rmsprop":
         return SharedRMSprop([params], lr=config.learning_rate, alpha=config.rmsprop_alpha, eps=config.rmsprop_eps)
-    return SharedAdam([params], lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+    return SharedAdam([params], lr=config.learning_rate, betas=config.adam_betas,
                       eps=config.adam_eps)
 
 

@@ -32,7 +32,7 @@ from a3c.checkpoint import (
     restore_training,
     writing,
 )
-from a3c.config import Config, ConfigError, validate
+from a3c.config import DEFAULT_ADAM_BETA1, Config, ConfigError, validate
 from a3c.envs import env_spaces
 from a3c.logger import RunLogger
 from a3c.messages import (
@@ -98,6 +98,20 @@ def check_model_fits(config: Config, obs_shape: tuple[int, ...], n_actions: int)
                               f"body's convolutions: the smallest that works is {smallest}")
     raise ConfigError(f"these settings give no working model for {config.env_id} "
                       f"(observations {obs_shape}, body {config.model_body})")
+
+
+
+def adam_momentum_choice(config: Config) -> str:
+    """The start line's words on Adam's beta1: its value and, where it is the default, why."""
+    if config.optimizer != "adam":
+        return ""
+    beta1 = config.adam_betas[0]
+    if config.adam_beta1 is not None:
+        return f", beta1 {beta1:.3g}"
+    if beta1 == DEFAULT_ADAM_BETA1:
+        return f", beta1 {beta1:.3g} (the default)"
+    return (f", beta1 {beta1:.3g} (the default for {config.workers} workers: each update lands about "
+            f"{config.workers - 1} others late, a lag that momentum would add to)")
 
 
 class RemoteWorkers(Protocol):
@@ -281,7 +295,7 @@ class Trainer:
         self._print(f"network precision: {config.network_precision}"
                     + (" (auto)" if config.precision == "auto" else "")
                     + f"; {config.optimizer} learning rate {config.learning_rate:.3g}"
-                    + (" (the default)" if config.lr is None else ""))
+                    + (" (the default)" if config.lr is None else "") + adam_momentum_choice(config))
         supervisor = self.supervisor
         try:
             start = time.time()

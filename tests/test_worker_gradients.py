@@ -218,6 +218,16 @@ def test_the_default_learning_rate_is_the_optimizer_s_for_any_number_of_workers(
     assert (rmsprop.kind, rmsprop.lr, rmsprop.alpha, rmsprop.eps) == ("rmsprop", 7e-4, 0.99, 1e-5)
 
 
+def test_adam_s_default_momentum_falls_as_the_workers_make_each_update_late():
+    # Momentum lags beta1 / (1 - beta1) updates, staleness about workers - 1: together 10, as at 2 workers.
+    betas = [Config(workers=workers).adam_betas[0] for workers in (1, 2, 3, 8, 10, 11, 16)]
+    assert betas == pytest.approx([0.9, 0.9, 8 / 9, 0.75, 0.5, 0.0, 0.0])
+    assert Config(workers=16, adam_beta1=0.9).adam_betas == (0.9, 0.999)  # a given beta1 is kept
+    config = Config(env_id="CartPole-v1", workers=16)
+    assert SharedTraining.create(build_model(config, (4,), 2), config).optimizer.betas == (0.0, 0.999)
+    assert Config.from_saved({**config.to_dict(), "adam_beta1": 0.9}).adam_betas[0] == 0.9  # an older run's
+
+
 @pytest.mark.parametrize("env_id,frame_stack,precision", [
     ("ALE/KungFuMaster-v5", 4, "float32"), ("ALE/KungFuMaster-v5", 1, "float32"),
     ("ALE/KungFuMaster-v5", 4, "bfloat16"), ("CartPole-v1", 4, "float32")])
