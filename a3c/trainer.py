@@ -100,7 +100,6 @@ def check_model_fits(config: Config, obs_shape: tuple[int, ...], n_actions: int)
                       f"(observations {obs_shape}, body {config.model_body})")
 
 
-
 def adam_momentum_choice(config: Config) -> str:
     """The start line's words on Adam's beta1: its value and, where it is the default, why."""
     if config.optimizer != "adam":

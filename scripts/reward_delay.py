@@ -80,5 +80,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     for env_id in args.env_id:
         print(table_row(env_id, reward_delays(env_id, args.rewards, args.max_delay, args.seed, args.max_steps)))
 
+
 if __name__ == "__main__":
     main()
