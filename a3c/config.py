@@ -113,6 +113,9 @@ class Config:
     gae_lambda: float = field(default=1.0, metadata=_help(
         "GAE lambda of the policy's advantage; 1 is the paper's n-step advantage"))
     entropy_coef: float = field(default=0.01, metadata=_help("weight of the entropy bonus"))
+    reward_prediction_coef: float = field(default=0.0, metadata=_help(
+        "weight of the auxiliary task of predicting, from an observation, the sign of the reward after it "
+        "(UNREAL's reward prediction), on recent observations half of them rewarding; 0 turns it off"))
     value_loss_coef: float = field(default=0.5, metadata=_help("weight of the value loss"))
     max_grad_norm: float = field(default=50.0, metadata=_help("clip each update's gradient to this norm"))
 
@@ -239,7 +242,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "network": ("body", "frame_norm", "lstm", "mlp_hidden", "precision"),
     "optimisation": ("workers", "envs_per_worker", "t_max", "optimizer", "lr", "lr_anneal", "adam_beta1",
                      "adam_beta2", "adam_eps", "rmsprop_alpha", "rmsprop_eps", "gamma", "gae_lambda",
-                     "entropy_coef", "value_loss_coef", "max_grad_norm"),
+                     "entropy_coef", "reward_prediction_coef", "value_loss_coef", "max_grad_norm"),
     "evaluation and checkpoints": ("eval_interval", "eval_every_frames", "eval_episodes", "eval_cpu_share",
                                    "eval_device", "eval_greedy", "checkpoint_interval"),
     "run control": ("total_frames", "time_limit", "seed", "runs_dir", "run_name", "status_interval",
@@ -258,7 +261,8 @@ REMOVED: dict[str, tuple[Any, str]] = {
 # Values gone, and why: a run that used one cannot be read by this version.
 REMOVED_VALUES = {("frame_norm", "standardize"): "standardized frames lost to background (docs/experiments.md)"}
 # Settings that earlier versions did not save, with the value their runs had (Config.from_saved).
-UNSAVED_BEFORE = {"optimizer": "adam", "terminal_on_life_loss": False, "frame_norm": "scale"}
+UNSAVED_BEFORE = {"optimizer": "adam", "terminal_on_life_loss": False, "frame_norm": "scale",
+                  "reward_prediction_coef": 0.0}
 
 
 def read_older(values: dict[str, Any]) -> dict[str, Any]:
@@ -321,7 +325,7 @@ def validate(config: Config) -> None:
         value = getattr(config, name)
         if not 0 < value <= 1:
             raise ConfigError(f"{name} must lie in (0, 1], got {value}")
-    for name in ("entropy_coef", "value_loss_coef", "noop_max"):
+    for name in ("entropy_coef", "reward_prediction_coef", "value_loss_coef", "noop_max"):
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(config, name)}")
     _positive("max_grad_norm", config.max_grad_norm)

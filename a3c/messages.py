@@ -37,6 +37,8 @@ class LearnerStats:
     active_units: float  # the fraction of the body's last layer's units that fired, per update
     staleness: float  # mean over its updates: others' updates stepped between its weight copy and its step
     staleness_max: float
+    reward_prediction_loss: float  # nan without reward prediction (a3c/auxiliary.py)
+    reward_prediction_accuracy: float
     learning_rate: float
 
 

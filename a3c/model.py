@@ -45,7 +45,9 @@ def bias_of(layer: nn.Conv2d | nn.Linear) -> torch.Tensor:
 
 
 class ActorCritic(nn.Module):
-    """Maps observations (and an LSTM state) to policy logits and a state value.
+    """Maps observations (and an LSTM state) to policy logits and a state value; with
+    `reward_prediction`, also body features to the logits of a reward's sign (negative, none,
+    positive), an auxiliary task that trains the body only (a3c/auxiliary.py).
 
     uint8 image observations are scaled to [0, 1] (or, with frame_norm background, centred on their
     commonest value and amplified per observation) inside, so workers keep frames in uint8. The body
@@ -55,7 +57,8 @@ class ActorCritic(nn.Module):
     """
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, body: str = "tutorial",
-                 lstm: bool = False, mlp_hidden: int = 64, frame_norm: str = "scale") -> None:
+                 lstm: bool = False, mlp_hidden: int = 64, frame_norm: str = "scale",
+                 reward_prediction: bool = False) -> None:
         super().__init__()
         self.obs_shape = tuple(obs_shape)
         self.n_actions = n_actions
@@ -74,6 +77,9 @@ class ActorCritic(nn.Module):
         self.lstm = nn.LSTMCell(self.features, self.features) if lstm else None
         self.policy = nn.Linear(self.features, n_actions)
         self.value = nn.Linear(self.features, 1)
+        # Last, so that the other parameters keep their places in the flat weights; torch's own
+        # initialisation.
+        self.reward_prediction = nn.Linear(self.features, 3) if reward_prediction else None
         self._initialise()
 
     def _initialise(self) -> None:
@@ -155,6 +161,13 @@ class ActorCritic(nn.Module):
         value = F.linear(features, self.value.weight, self.value.bias)
         return logits, value.squeeze(-1)
 
+    def reward_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of the sign of the reward that follows each observation (negative, none, positive),
+        from its body features."""
+        if self.reward_prediction is None:
+            raise ValueError("this model was built without reward prediction")
+        return F.linear(features, self.reward_prediction.weight, self.reward_prediction.bias)
+
     def core(self, features: torch.Tensor, state: LstmState | None) -> tuple[torch.Tensor, torch.Tensor, LstmState | None]:
         """From body features: the LSTM (if any) and the heads, in float32."""
         if self.lstm is not None:
@@ -235,7 +248,8 @@ def setup_cpu_compute() -> None:
 
 
 def build_model(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> ActorCritic:
-    return ActorCritic(obs_shape, n_actions, config.model_body, config.lstm, config.mlp_hidden, config.frame_norm)
+    return ActorCritic(obs_shape, n_actions, config.model_body, config.lstm, config.mlp_hidden, config.frame_norm,
+                       reward_prediction=config.reward_prediction_coef > 0)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -7,9 +7,10 @@ Given one rollout of T steps on B environments, played by the model with weights
     A_t   = GAE(lambda) of the TD errors       r_t + gamma * V(s_{t+1}) - V(s_t)  (lambda = 1: R_t - V(s_t))
     loss  = sum_t [ -log pi(a_t | s_t) A_t  - beta H(pi(. | s_t))  + c / 2 (R_t - V(s_t))^2 ] / B
 
-and the update is one step of the shared optimizer (Adam or RMSProp) along d loss / d theta. Here everything is computed
-again, one step at a time, in float32 (or the acting number format of the body, so that the tests
-compare like with like), with torch only: no tape, no numpy, no batching tricks.
+and the update is one step of the shared optimizer (Adam or RMSProp) along d loss / d theta (with
+reward prediction on, d (loss + its coefficient times reward_prediction_loss below) / d theta). Here
+everything is computed again, one step at a time, in float32 (or the acting number format of the
+body, so that the tests compare like with like), with torch only: no tape, no numpy, no batching tricks.
 """
 
 from __future__ import annotations
@@ -66,5 +67,18 @@ def a3c_loss(model: ActorCritic, observations: list[torch.Tensor], initial_state
 
 
 def gradient(model: ActorCritic, loss: torch.Tensor) -> torch.Tensor:
-    """d loss / d parameters, flat, in the order of model.parameters() (the shared weights' order)."""
-    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+    """d loss / d parameters, flat, in the order of model.parameters() (the shared weights' order);
+    zero for a parameter the loss does not use (the reward-prediction head in the A3C loss)."""
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True, materialize_grads=True)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def reward_prediction_loss(model: ActorCritic, observations: torch.Tensor, classes: torch.Tensor,
+                           body_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The auxiliary reward-prediction loss (a3c/auxiliary.py) of a batch, one observation at a time:
+    the mean over it of -log p(the sign of the reward after the observation)."""
+    losses = []
+    for obs, sign in zip(observations, classes, strict=True):
+        logits = model.reward_logits(model.encode(obs.unsqueeze(0), model.body_weights(body_dtype)))[0]
+        losses.append(-F.log_softmax(logits, dim=-1)[sign])
+    return torch.stack(losses).mean()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from a3c.auxiliary import RewardMemory, reward_prediction_loss
 from a3c.config import Config
 from a3c.envs import action_count, make_env, observation_shape
 from a3c.messages import EpisodeFinished, LearnerStats, UpdateSkipped, parent_gone
@@ -127,6 +128,8 @@ class UpdateStats:
     return_variance: float  # Var[returns]
     active_units: float  # ReplayTape.active_units
     staleness: int = 0  # updates of other workers stepped in between this one's weight copy and its step
+    reward_prediction_loss: float = math.nan  # nan where the update predicted no rewards (a3c/auxiliary.py)
+    reward_prediction_accuracy: float = math.nan
 
 
 @dataclass
@@ -271,6 +274,8 @@ class Worker:
         self.finished: list[EpisodeRecord] = []
         self.to_training_rewards = training_reward_transform(config, len(self.envs))
         self.updates_at_copy = 0  # the shared update count at the last weight copy
+        self.reward_memory = (RewardMemory(obs_shape, first[0].dtype) if config.reward_prediction_coef > 0
+                              else None)
 
     def sync_weights(self) -> None:
         """Load the shared weights into the local model."""
@@ -288,7 +293,7 @@ class Worker:
         return rollout.view()
 
     def _play(self, rollout: Rollout) -> None:
-        tape, obs_storage, envs = rollout.tape, self.obs_storage, self.envs
+        tape, obs_storage, envs, reward_memory = rollout.tape, self.obs_storage, self.envs, self.reward_memory
         # Per-step writes go through numpy views of the tensors: far cheaper than tensor indexing.
         actions_np, values_np = rollout.actions.numpy(), rollout.values.numpy()
         rewards_np, terminated_np, ended_np = rollout.rewards.numpy(), rollout.terminated.numpy(), rollout.ended.numpy()
@@ -313,6 +318,8 @@ class Worker:
                 terminals.append(terminated or life_lost)
                 ends.append(terminated or truncated or life_lost)
                 self.episode_returns[b] += reward
+                if reward_memory is not None:  # the observation acted on, with the game's own reward
+                    reward_memory.add(obs_storage[b], reward)
                 self.episode_lengths[b] += 1
                 if terminated or truncated:
                     if not terminated:  # a time limit is not the end of the task: bootstrap
@@ -358,8 +365,15 @@ class Worker:
         return self.config.learning_rate * max(0.0, 1.0 - done)
 
     def update(self, rollout: Rollout) -> UpdateStats:
-        """Compute this rollout's gradient and hand exactly it to the shared optimizer."""
+        """Compute this rollout's gradient (with reward prediction's, if on) and hand exactly it to
+        the shared optimizer."""
         loss, stats = a3c_loss(rollout, self.config)
+        batch = None if self.reward_memory is None else self.reward_memory.sample(self.rng)
+        if batch is not None:
+            prediction_loss, stats.reward_prediction_accuracy = reward_prediction_loss(
+                self.model, *batch, DTYPES[self.config.network_precision])
+            stats.reward_prediction_loss = float(prediction_loss.detach())
+            loss = loss + self.config.reward_prediction_coef * prediction_loss
         self.grad.zero_()  # never None: backward accumulates into this flat buffer in place
         loss.backward()
         stats.grad_norm = grad_norm = float(self.grad.norm())
@@ -390,12 +404,17 @@ def _mean_stats(stats: list[UpdateStats]) -> dict[str, float]:
     def mean(name: str) -> float:
         return float(np.mean([getattr(s, name) for s in stats]))
 
+    def mean_of_finite(name: str) -> float:  # nan where none is (reward prediction off, or not yet on)
+        values = [value for s in stats if math.isfinite(value := getattr(s, name))]
+        return float(np.mean(values)) if values else math.nan
+
     # Over the whole report, as Stable-Baselines3 over its rollout buffer: one update's 20 returns
     # may barely vary.
     return_variance = mean("return_variance")
     explained = 1.0 - mean("residual_variance") / return_variance if return_variance > 0 else math.nan
     return {**{name: mean(name) for name in ("policy_loss", "value_loss", "entropy", "grad_norm", "active_units",
                                               "staleness")},
+            **{name: mean_of_finite(name) for name in ("reward_prediction_loss", "reward_prediction_accuracy")},
             "explained_variance": explained, "staleness_max": float(max(s.staleness for s in stats))}
 
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from a3c import reference
-from a3c.config import Config
+from a3c.auxiliary import NEGATIVE, NONE, POSITIVE, REWARD_BATCH, RewardMemory
+from a3c.config import Config, ConfigError, validate
 from a3c.envs import env_spaces
 from a3c.model import DTYPES, build_model
 from a3c.shared import STOP, SharedTraining
@@ -139,6 +140,82 @@ def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, fra
     error = sum(float((received - expected).norm()) for received, expected, _ in later)
     assert sum(float((received - previous - expected).norm()) for received, expected, previous in later) > 3 * error
     assert sum(float((received - references[0]).norm()) for received, _, _ in later) > 3 * error
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_with_reward_prediction_an_update_hands_over_its_own_gradient_with_the_task_s(precision):
+    config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-3, envs_per_worker=2,
+                    precision=precision, reward_prediction_coef=0.5, max_grad_norm=1e9)
+    worker, recorder, observations = recorded_worker(config)
+    memory = worker.reward_memory
+    assert memory is not None
+    sampled = []
+
+    def recording_sample(rng, size=REWARD_BATCH, sample=memory.sample):
+        sampled.append(sample(rng, size))
+        return sampled[-1]
+
+    memory.sample = recording_sample
+    memory.add(worker.obs_storage[0], 100.0)  # one rewarding observation: the task is on from the first update
+    references = []
+    for _ in range(3):
+        worker.sync_weights()
+        weights = worker.local_params.clone()
+        observations.clear()
+        rollout = worker.collect()
+        expected = reference_gradient(worker.model, weights, rollout, observations, config)
+        worker.update(rollout)
+        batch, classes = sampled[-1]
+        assert set(classes.tolist()) == {NONE, POSITIVE} and len(classes) == REWARD_BATCH
+        fresh = copy.deepcopy(worker.model)
+        torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
+        task = reference.reward_prediction_loss(fresh, batch, classes, DTYPES[config.network_precision])
+        references.append(expected + config.reward_prediction_coef * reference.gradient(fresh, task))
+    worker.close()
+    for received, expected in zip(recorder.received, references, strict=True):
+        assert_same_gradient(received, expected, precision, worker.model)
+
+
+def test_the_reward_memory_samples_half_rewarding_observations_by_their_sign():
+    memory = RewardMemory((1, 2, 2), np.dtype(np.uint8), capacity=4)
+    rng = np.random.default_rng(0)
+    # Each observation's pixels hold the reward after it, + 100 (an unrewarded one: 100).
+    def add(reward: int) -> None:
+        memory.add(np.full((2, 2, 1), reward + 100, np.uint8), reward)  # channels-last, as the worker stores
+    for _ in range(6):
+        add(0)
+    assert memory.sample(rng) is None  # no reward seen yet
+    for reward in (1, 2, 3, 4, 5, -1):  # the first positive one is overwritten: 4 kept a sign
+        add(reward)
+    assert (memory.held(NEGATIVE), memory.held(NONE), memory.held(POSITIVE)) == (1, 4, 4)
+    seen = []
+    for _ in range(200):
+        batch, classes = memory.sample(rng, size=8)
+        assert batch.shape == (8, 1, 2, 2)
+        assert classes[:4].tolist() == [NONE] * 4 and NONE not in classes[4:].tolist()
+        values = batch.flatten(1)[:, 0].int() - 100
+        assert (torch.sign(values) + 1).tolist() == classes.tolist()  # each observation with its own class
+        seen += values.tolist()
+    assert set(seen) == {-1, 0, 2, 3, 4, 5}  # the last four positive ones, held equally often
+    assert seen.count(-1) == pytest.approx(seen.count(2), rel=0.5)
+
+
+def test_reward_prediction_is_off_by_default_and_in_runs_saved_without_it():
+    config = Config(env_id="ALE/Pong-v5")
+    obs_shape, n_actions = env_spaces(config)
+    plain = build_model(config, obs_shape, n_actions)
+    assert plain.reward_prediction is None
+    with pytest.raises(ValueError, match="without reward prediction"):
+        plain.reward_logits(torch.zeros(1, plain.features))
+    with_task = build_model(replace(config, reward_prediction_coef=1.0), obs_shape, n_actions)
+    # The head's weights come last: every other parameter keeps its place in the flat weights.
+    assert [name for name, _ in with_task.named_parameters()][-2:] == ["reward_prediction.weight",
+                                                                        "reward_prediction.bias"]
+    assert [p.shape for p in plain.parameters()] == [p.shape for p in with_task.parameters()][:-2]
+    saved = {key: value for key, value in config.to_dict().items() if key != "reward_prediction_coef"}
+    assert Config.from_saved(saved).reward_prediction_coef == 0.0
+    with pytest.raises(ConfigError, match="reward_prediction_coef"):
+        validate(replace(config, reward_prediction_coef=-1.0))
 
 
 def test_the_explained_variance_is_that_of_the_reported_updates_returns():
