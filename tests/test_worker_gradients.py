@@ -76,17 +76,46 @@ def recorded_worker(config: Config) -> tuple[Worker, RecordingOptimizer, list[to
 
 
 def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observations: list[torch.Tensor],
-                       config: Config) -> torch.Tensor:
-    """a3c/reference.py's gradient of the rollout, with a fresh copy of the model holding the
-    weights that acted, its body in the number format the worker acts in."""
+                       config: Config, reward_batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """a3c/reference.py's gradient of the rollout (and of reward prediction on `reward_batch`, if
+    given), with a fresh copy of the model holding the weights that acted, its body in the number
+    format the worker acts in."""
     fresh = copy.deepcopy(model)
     torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
     state = None if rollout.initial_state is None else tuple(s.clone() for s in rollout.initial_state)
+    body_dtype = DTYPES[config.network_precision]
     loss = reference.a3c_loss(fresh, observations[:rollout.steps], state, rollout.actions, rollout.rewards,
                               rollout.next_values, rollout.terminated, rollout.ended, config.gamma,
-                              config.gae_lambda, config.entropy_coef, config.value_loss_coef,
-                              DTYPES[config.network_precision])
+                              config.gae_lambda, config.entropy_coef, config.value_loss_coef, body_dtype)
+    if reward_batch is not None:
+        loss = loss + config.reward_prediction_coef * reference.reward_prediction_loss(fresh, *reward_batch, body_dtype)
     return reference.gradient(fresh, loss)
+
+
+def updates_and_their_references(worker: Worker, observations: list[torch.Tensor], config: Config,
+                                 updates: int) -> list[torch.Tensor]:
+    """Play and apply `updates` updates; for each, the reference gradient of what it played (and of
+    the reward-prediction batch it drew, where the worker predicts rewards: each must draw one)."""
+    drawn: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+    memory = worker.reward_memory
+    if memory is not None:
+        def recording_sample(rng, size=REWARD_BATCH, sample=memory.sample):
+            drawn.append(sample(rng, size))
+            return drawn[-1]
+        memory.sample = recording_sample
+    references = []
+    for _ in range(updates):
+        worker.sync_weights()
+        weights = worker.local_params.clone()
+        observations.clear()
+        rollout = worker.collect()
+        worker.update(rollout)
+        reward_batch = None
+        if memory is not None:
+            reward_batch = drawn[-1]
+            assert reward_batch is not None
+        references.append(reference_gradient(worker.model, weights, rollout, observations, config, reward_batch))
+    return references
 
 
 def relative_error(received: torch.Tensor, reference: torch.Tensor) -> float:
@@ -121,14 +150,7 @@ def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, fra
                     frame_norm=frame_norm, precision=precision,
                     max_grad_norm=1e9)  # no clipping: the raw gradient is compared
     worker, recorder, observations = recorded_worker(config)
-    references = []
-    for _ in range(4):
-        worker.sync_weights()
-        weights = worker.local_params.clone()
-        observations.clear()
-        rollout = worker.collect()
-        references.append(reference_gradient(worker.model, weights, rollout, observations, config))
-        worker.update(rollout)
+    references = updates_and_their_references(worker, observations, config, 4)
     worker.close()
     assert len(recorder.received) == 4
     for received, expected in zip(recorder.received, references, strict=True):
@@ -147,30 +169,10 @@ def test_with_reward_prediction_an_update_hands_over_its_own_gradient_with_the_t
     config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-3, envs_per_worker=2,
                     precision=precision, reward_prediction_coef=0.5, max_grad_norm=1e9)
     worker, recorder, observations = recorded_worker(config)
-    memory = worker.reward_memory
-    assert memory is not None
-    sampled = []
-
-    def recording_sample(rng, size=REWARD_BATCH, sample=memory.sample):
-        sampled.append(sample(rng, size))
-        return sampled[-1]
-
-    memory.sample = recording_sample
-    memory.add(worker.obs_storage[0], 100.0)  # one rewarding observation: the task is on from the first update
-    references = []
-    for _ in range(3):
-        worker.sync_weights()
-        weights = worker.local_params.clone()
-        observations.clear()
-        rollout = worker.collect()
-        expected = reference_gradient(worker.model, weights, rollout, observations, config)
-        worker.update(rollout)
-        batch, classes = sampled[-1]
-        assert set(classes.tolist()) == {NONE, POSITIVE} and len(classes) == REWARD_BATCH
-        fresh = copy.deepcopy(worker.model)
-        torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
-        task = reference.reward_prediction_loss(fresh, batch, classes, DTYPES[config.network_precision])
-        references.append(expected + config.reward_prediction_coef * reference.gradient(fresh, task))
+    assert worker.reward_memory is not None
+    # One rewarding observation (the rollouts bring unrewarded ones): the task is on from the first update.
+    worker.reward_memory.add(worker.obs_storage[0], 100.0)
+    references = updates_and_their_references(worker, observations, config, 3)
     worker.close()
     for received, expected in zip(recorder.received, references, strict=True):
         assert_same_gradient(received, expected, precision, worker.model)
