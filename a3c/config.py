@@ -114,8 +114,8 @@ class Config:
         "GAE lambda of the policy's advantage; 1 is the paper's n-step advantage"))
     entropy_coef: float = field(default=0.01, metadata=_help("weight of the entropy bonus"))
     reward_prediction_coef: float = field(default=0.0, metadata=_help(
-        "weight of the auxiliary task of predicting, from an observation, the sign of the reward after it "
-        "(UNREAL's reward prediction), on recent observations half of them rewarding; 0 turns it off"))
+        "weight of an auxiliary task: predict from an observation the sign of the reward after it (UNREAL's "
+        "reward prediction), on recent observations, half rewarding; 0: off"))
     value_loss_coef: float = field(default=0.5, metadata=_help("weight of the value loss"))
     max_grad_norm: float = field(default=50.0, metadata=_help("clip each update's gradient to this norm"))
 
