@@ -50,14 +50,13 @@ class RewardMemory:
         negative, rewarding = self.held(NEGATIVE), self.held(NEGATIVE) + self.held(POSITIVE)
         if self.held(NONE) == 0 or rewarding == 0:
             return None
-        unrewarded = size - size // 2
-        rows = [self.observations[NONE][int(i)] for i in rng.integers(self.held(NONE), size=unrewarded)]
-        classes = [NONE] * unrewarded
-        for i in rng.integers(rewarding, size=size // 2):
-            sign, row = (NEGATIVE, int(i)) if i < negative else (POSITIVE, int(i) - negative)
-            rows.append(self.observations[sign][row])
-            classes.append(sign)
-        return torch.stack(rows), torch.tensor(classes)
+        unrewarded = torch.from_numpy(rng.integers(self.held(NONE), size=size - size // 2))
+        drawn = torch.from_numpy(rng.integers(rewarding, size=size // 2))  # negative ones first, then positive
+        rows = {NONE: unrewarded, NEGATIVE: drawn[drawn < negative], POSITIVE: drawn[drawn >= negative] - negative}
+        # Indexed, the rows keep the storage's channels-last layout, the one the body's pass takes.
+        observations = torch.cat([self.observations[sign][index] for sign, index in rows.items()])
+        classes = torch.cat([torch.full((len(index),), sign) for sign, index in rows.items()])
+        return observations, classes
 
 
 def reward_prediction_loss(model: ActorCritic, observations: torch.Tensor, classes: torch.Tensor,
