@@ -202,6 +202,13 @@ def test_a_lost_node_s_group_moves_to_a_live_node(cluster, tmp_path):
             moved_at = _frames(process.wait_for(r"frames ([\d,]+)/"))
             while _frames(process.wait_for(r"frames ([\d,]+)/")) < moved_at + 20_000:
                 pass
+            # Its worker's episodes reach the run's CSV a node exchange later than the others', the
+            # first of them after the replacement's start-up on a shared CPU: wait for one (a row
+            # still being written, without its last field, is not one yet).
+            episodes_path = tmp_path / "node-lost" / "train_episodes.csv"
+            wait_until(lambda: any(e.get("time") and int(e["worker"]) == lost_group and int(e["frames"]) > moved_at
+                                   for e in read_rows(episodes_path)),
+                       120, f"an episode of node group {lost_group}'s worker after the move")
             os.kill(process.process.pid, signal.SIGINT)
             code = process.finish(timeout=120)
     finally:
