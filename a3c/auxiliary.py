@@ -59,10 +59,10 @@ class RewardMemory:
         return observations, classes
 
 
-def reward_prediction_loss(model: ActorCritic, observations: torch.Tensor, classes: torch.Tensor,
-                           body_dtype: torch.dtype) -> tuple[torch.Tensor, float]:
-    """The mean cross-entropy of the predicted reward signs of a batch (the body in `body_dtype`, the
-    number format the worker acts in), and the share it predicts right."""
-    logits = model.reward_logits(model.encode(observations, model.body_weights(body_dtype)))
+def reward_prediction_loss(model: ActorCritic, features: torch.Tensor, classes: torch.Tensor
+                           ) -> tuple[torch.Tensor, float]:
+    """The mean cross-entropy of the predicted reward signs of a batch, from its body features (the
+    worker's tape computes them, ReplayTape.record), and the share it predicts right."""
+    logits = model.reward_logits(features)
     accuracy = float((logits.detach().argmax(1) == classes).float().mean())
     return F.cross_entropy(logits, classes), accuracy

@@ -75,20 +75,24 @@ class ReplayTape:
     It owns the activation buffers (step t of B environments owns rows t*B to t*B + B - 1 of each
     layer; image activations channels-last, the layout the convolutions take), the acting copy of
     the body's weights in the run's number format, and the check that the update replays the
-    weights that acted: `start` before a rollout, `act` once per step, then `replay` once.
+    weights that acted: `start` before a rollout, `act` once per step, `record` at most once after
+    the steps (an auxiliary batch, differentiated in the same backward), then `replay` once.
     """
 
     def __init__(self, model: ActorCritic, steps: int, batch: int, dtype: torch.dtype,
-                 flat_weights: torch.Tensor | None = None) -> None:
+                 flat_weights: torch.Tensor | None = None, extra_rows: int = 0) -> None:
         """`flat_weights`: the one tensor the model's parameters are views of, if any
-        (bind_flat_parameters), through which new weights are copied in."""
+        (bind_flat_parameters), through which new weights are copied in. `extra_rows`: room for the
+        largest batch `record` will take."""
         check_replayable(model)
         self.model, self.batch, self.dtype, self.flat_weights = model, batch, dtype, flat_weights
-        self.layers = [torch.empty((steps * batch, *shape), dtype=dtype,
+        self.extra_rows = extra_rows
+        self.layers = [torch.empty((steps * batch + extra_rows, *shape), dtype=dtype,
                                    memory_format=torch.channels_last if len(shape) == 3 else torch.contiguous_format)
                        for shape in model.activation_shapes()]
         self.rows_of_step = [[layer[t * batch:(t + 1) * batch] for layer in self.layers] for t in range(steps)]
         self.steps = 0
+        self.recorded = 0  # rows recorded after the steps' (record)
         self.weights = model.body_weights(dtype)
         self.acted_with: tuple[int, ...] | None = None
 
@@ -103,11 +107,13 @@ class ReplayTape:
         """Begin a rollout with the model's current weights (copied once into the acting format)."""
         self.weights = self.model.body_weights(self.dtype)
         self.acted_with = self._weights_version()
-        self.steps = 0
+        self.steps = self.recorded = 0
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, state: LstmState | None) -> tuple[torch.Tensor, torch.Tensor, LstmState | None]:
         """One acting step for all B environments, recorded: logits (B, A), values (B,), next state."""
+        if self.recorded:
+            raise RuntimeError("a step acted after the tape recorded a batch past the rollout's steps")
         features = self.model.encode(obs, self.weights, self.rows_of_step[self.steps])
         self.steps += 1
         return self.model.core(features, state)
@@ -117,6 +123,18 @@ class ReplayTape:
         """The same pass, not recorded: values to bootstrap from (the state after the last step, the
         final observation of an episode cut by a time limit)."""
         return self.model.core(self.model.encode(obs, self.weights), state)
+
+    @torch.no_grad()
+    def record(self, obs: torch.Tensor) -> None:
+        """Pass a batch of observations that are not steps of the rollout (reward prediction's,
+        a3c/auxiliary.py) through the acting weights into the rows after the steps', so that
+        `replay` differentiates them in the same batched backward, without a forward pass of its own."""
+        if self.recorded or len(obs) > self.extra_rows:
+            raise ValueError(f"the tape has room for one batch of at most {self.extra_rows} rows past the "
+                             f"rollout's steps; asked for {len(obs)} (recorded already: {self.recorded})")
+        first = self.steps * self.batch
+        self.model.encode(obs, self.weights, [layer[first:first + len(obs)] for layer in self.layers])
+        self.recorded = len(obs)
 
     def active_units(self) -> float:
         """The fraction of the body's last layer's units that fired (output above zero) on some
@@ -129,20 +147,21 @@ class ReplayTape:
         return self.layers[0][:self.steps * self.batch]
 
     def replay(self, initial_state: LstmState | None, episode_starts: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rollout's logits (T, B, A) and values (T, B) with the update's autograd graph; the
-        LSTM state is zeroed where `episode_starts` is set."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rollout's logits (T, B, A) and values (T, B), and the body features of the recorded
+        batch (`record`; no rows if none), with the update's autograd graph; the LSTM state is
+        zeroed where `episode_starts` is set."""
         if self.acted_with is None or self._weights_version() != self.acted_with:
             raise RuntimeError("the model's weights changed after the rollout was played (or it was never "
                                "started): its replay would differentiate a policy that did not act")
         steps, batch = self.steps, self.batch
-        model, rows = self.model, steps * batch
+        model, rows = self.model, steps * batch + self.recorded
         x = self.layers[0][:rows]
         for layer, output in zip(model.body_layers(), self.layers[1:], strict=True):
             conv = isinstance(layer, nn.Conv2d)
             x = _ReplayedLayer.apply(x if conv else x.flatten(1), layer.weight, layer.bias, output[:rows],
                                      layer.stride if conv else None, model.activation)
-        features = x.float()
+        features, recorded = x.float().split([steps * batch, self.recorded])
         if model.lstm is not None:  # step by step; the heads then run batched
             assert initial_state is not None  # an LSTM model always carries a state
             state, hidden = initial_state, []
@@ -152,4 +171,4 @@ class ReplayTape:
                 hidden.append(state[0])
             features = torch.cat(hidden)
         logits, values = model.heads(features)
-        return logits.view(steps, batch, -1), values.view(steps, batch)
+        return logits.view(steps, batch, -1), values.view(steps, batch), recorded

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from a3c.auxiliary import RewardMemory, reward_prediction_loss
+from a3c.auxiliary import REWARD_BATCH, RewardMemory, reward_prediction_loss
 from a3c.config import Config
 from a3c.envs import action_count, make_env, observation_shape
 from a3c.messages import EpisodeFinished, LearnerStats, UpdateSkipped, parent_gone
@@ -110,6 +110,13 @@ class Rollout:
 
         return cls(tape, zeros(torch.int64), zeros(), zeros(), zeros(), zeros(torch.bool), zeros(torch.bool))
 
+    def replay(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The acting passes' logits (T, B, A) and values (T, B), and the features of the batch the
+        tape recorded after them, with the update's autograd graph (ReplayTape.replay)."""
+        episode_starts = torch.zeros_like(self.ended)
+        episode_starts[1:] = self.ended[:-1]
+        return self.tape.replay(self.initial_state, episode_starts)
+
     def view(self) -> Rollout:
         """The first `steps` steps (a rollout cut short by the stop signal is shorter)."""
         n = self.steps
@@ -140,17 +147,16 @@ class EpisodeRecord:
     end_time: float
 
 
-def a3c_loss(rollout: Rollout, config: Config) -> tuple[torch.Tensor, UpdateStats]:
+def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, config: Config
+             ) -> tuple[torch.Tensor, UpdateStats]:
     """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs,
     and its terms for the logs (grad_norm and applied to be filled in after the backward pass).
 
-    The logits and values are the acting passes' own, replayed from the rollout's tape: the update's
-    backward pass runs batched over the whole rollout, in the run's number format, without a second
-    forward pass of the body. a3c/reference.py computes the same loss in plain autograd.
+    The logits and values are the acting passes' own, replayed from the rollout's tape
+    (Rollout.replay): the update's backward pass runs batched over the whole rollout, in the run's
+    number format, without a second forward pass of the body. a3c/reference.py computes the same
+    loss in plain autograd.
     """
-    episode_starts = torch.zeros_like(rollout.ended)
-    episode_starts[1:] = rollout.ended[:-1]
-    logits, values = rollout.tape.replay(rollout.initial_state, episode_starts)
     returns, advantages = returns_and_advantages(
         rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.ended,
         config.gamma, config.gae_lambda)
@@ -266,16 +272,16 @@ class Worker:
         for slot, obs in zip(self.obs_storage, first, strict=True):
             write_observation(slot, obs)
         self.state = self.model.initial_state(len(self.envs))
+        predicts_rewards = config.reward_prediction_coef > 0
         tape = ReplayTape(self.model, config.t_max, len(self.envs), DTYPES[config.network_precision],
-                          self.local_params)
+                          self.local_params, extra_rows=REWARD_BATCH if predicts_rewards else 0)
         self.rollout = Rollout.allocate(tape, config.t_max, len(self.envs))
         self.episode_returns = [0.0] * len(self.envs)
         self.episode_lengths = [0] * len(self.envs)
         self.finished: list[EpisodeRecord] = []
         self.to_training_rewards = training_reward_transform(config, len(self.envs))
         self.updates_at_copy = 0  # the shared update count at the last weight copy
-        self.reward_memory = (RewardMemory(obs_shape, first[0].dtype) if config.reward_prediction_coef > 0
-                              else None)
+        self.reward_memory = RewardMemory(obs_shape, first[0].dtype) if predicts_rewards else None
 
     def sync_weights(self) -> None:
         """Load the shared weights into the local model."""
@@ -366,12 +372,16 @@ class Worker:
 
     def update(self, rollout: Rollout) -> UpdateStats:
         """Compute this rollout's gradient (with reward prediction's, if on) and hand exactly it to
-        the shared optimizer."""
-        loss, stats = a3c_loss(rollout, self.config)
+        the shared optimizer. Reward prediction's batch goes through the tape after the rollout's
+        steps, so one batched backward differentiates both."""
         batch = None if self.reward_memory is None else self.reward_memory.sample(self.rng)
         if batch is not None:
+            rollout.tape.record(batch[0])
+        logits, values, batch_features = rollout.replay()
+        loss, stats = a3c_loss(rollout, logits, values, self.config)
+        if batch is not None:
             prediction_loss, stats.reward_prediction_accuracy = reward_prediction_loss(
-                self.model, *batch, DTYPES[self.config.network_precision])
+                self.model, batch_features, batch[1])
             stats.reward_prediction_loss = float(prediction_loss.detach())
             loss = loss + self.config.reward_prediction_coef * prediction_loss
         self.grad.zero_()  # never None: backward accumulates into this flat buffer in place

@@ -58,7 +58,7 @@ def measure(model, optimizer: SharedAdam, batch: int, repeats: int) -> list[floa
             tape.act(obs[t], None)
 
     def replay(dtype: torch.dtype) -> None:
-        logits, values = tapes[dtype].replay(None, starts)
+        logits, values, _ = tapes[dtype].replay(None, starts)
         (logits.sum() + values.sum()).backward()
 
     def recompute(dtype: torch.dtype) -> None:

@@ -152,13 +152,17 @@ def test_reward_delay_finds_the_step_that_earned_each_reward():
                                                  ("mnih2013", (4, 84, 84), False), ("mnih2015", (4, 84, 84), True),
                                                  ("mlp", (4,), True)])
 def test_replaying_the_tape_gives_the_acting_outputs_and_their_exact_gradient(body, obs_shape, lstm, dtype):
+    """The rollout's logits and values, and the features of a batch recorded after its steps (as
+    reward prediction records its own), each with its gradient through one batched backward."""
     torch.manual_seed(0)
     model = ActorCritic(obs_shape, 5, body, lstm)
-    steps, batch = 5, 3
+    steps, batch, recorded = 5, 3, 2
     if len(obs_shape) == 3:
         obs = torch.randint(0, 256, (steps, batch, *obs_shape), dtype=torch.uint8)
+        extra = torch.randint(0, 256, (recorded, *obs_shape), dtype=torch.uint8)
     else:
         obs = torch.randn(steps, batch, *obs_shape)
+        extra = torch.randn(recorded, *obs_shape)
     starts = torch.zeros(steps, batch, dtype=torch.bool)
     starts[3, 1] = True  # environment 1 begins a new episode at step 3
     initial = None if not lstm else (torch.randn(batch, model.features), torch.randn(batch, model.features))
@@ -177,22 +181,30 @@ def test_replaying_the_tape_gives_the_acting_outputs_and_their_exact_gradient(bo
             outputs.append((logits, values))
         return torch.stack([o[0] for o in outputs]), torch.stack([o[1] for o in outputs])
 
-    tape = ReplayTape(model, steps, batch, dtype)
+    tape = ReplayTape(model, steps, batch, dtype, extra_rows=recorded)
     tape.start()
     acted_logits, acted_values = play(tape)
-    logits, values = tape.replay(initial, starts)
+    tape.record(extra)
+    with pytest.raises(RuntimeError, match="after the tape recorded"):
+        tape.act(obs[0], initial)
+    logits, values, features = tape.replay(initial, starts)
     torch.testing.assert_close(logits, acted_logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(values, acted_values, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(features, model.encode(extra, model.body_weights(dtype)), rtol=1e-5, atol=1e-6)
 
-    weights_of_loss = torch.randn(steps, batch, 5), torch.randn(steps, batch)
+    weights_of_loss = torch.randn(steps, batch, 5), torch.randn(steps, batch), torch.randn(recorded, model.features)
 
-    def gradient(logits: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        loss = (logits * weights_of_loss[0]).sum() + (values * weights_of_loss[1]).sum()
-        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+    def gradient(logits: torch.Tensor, values: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        loss = ((logits * weights_of_loss[0]).sum() + (values * weights_of_loss[1]).sum()
+                + (features * weights_of_loss[2]).sum())
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True, materialize_grads=True)
+        return torch.cat([g.reshape(-1) for g in grads])
 
-    replayed, reference = gradient(logits, values), gradient(*play(None))
+    replayed = gradient(logits, values, features)
+    reference = gradient(*play(None), model.encode(extra, model.body_weights(dtype)))
     if dtype == torch.float32:
-        torch.testing.assert_close(replayed, reference, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(replayed, reference, rtol=1e-4, atol=1e-5)
     else:  # each bfloat16 op rounds its output to 8 significant bits, batched and stepwise alike
         assert float((replayed - reference).norm() / reference.norm()) < 2e-2
 
@@ -236,7 +248,7 @@ def test_a_tape_replays_only_the_weights_that_acted():
         tape.act(torch.zeros(3, 4, 42, 42, dtype=torch.uint8), None)
     tape.start()  # a new rollout with the new weights replays
     tape.act(torch.zeros(3, 4, 42, 42, dtype=torch.uint8), None)
-    logits, values = tape.replay(None, starts[:1])
+    logits, values, _ = tape.replay(None, starts[:1])
     assert logits.shape == (1, 3, 5) and values.shape == (1, 3)
 
 

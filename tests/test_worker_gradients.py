@@ -230,7 +230,7 @@ def test_the_explained_variance_is_that_of_the_reported_updates_returns():
     worker.close()
     returns, _ = returns_and_advantages(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                                         rollout.ended, config.gamma, config.gae_lambda)
-    _, terms = a3c_loss(rollout, config)
+    _, terms = a3c_loss(rollout, *rollout.replay()[:2], config)
     assert terms.return_variance == pytest.approx(float(returns.var(unbiased=False)), rel=1e-5)
     assert terms.residual_variance == pytest.approx(float((returns - rollout.values).var(unbiased=False)), rel=1e-4)
     # Pooled over the report's updates, not a mean of each update's ratio.
