@@ -39,14 +39,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The seed tutorial's network and reward scaling, with ikostrikov/pytorch-a3c's rollout length:
     # the defaults of earlier versions.
     "tutorial": {"screen_size": 42, "body": "tutorial", "envs_per_worker": 1, "t_max": 20, "lr": 1e-4,
-                 "reward_transform": "scale", "terminal_on_life_loss": False, "frame_norm": "scale"},
+                 "reward_transform": "scale", "terminal_on_life_loss": False, "frame_norm": "scale",
+                 "reward_prediction_coef": 0.0},
     # Mnih et al. 2016's A3C FF: 84x84 frames, the network of Mnih et al. 2013, one environment per
     # worker, t_max 5, clipped rewards, shared RMSProp (alpha 0.99) with its learning rate annealed
-    # to zero, lives not terminal (the paper names no such step); it searched the rate per game,
-    # 7e-4 is baselines' A2C's.
+    # to zero, lives not terminal (the paper names no such step), no auxiliary task; it searched the
+    # rate per game, 7e-4 is baselines' A2C's.
     "paper": {"screen_size": 84, "body": "mnih2013", "envs_per_worker": 1, "t_max": 5, "optimizer": "rmsprop",
               "lr": 7e-4, "lr_anneal": True, "reward_transform": "clip", "terminal_on_life_loss": False,
-              "frame_norm": "scale"},
+              "frame_norm": "scale", "reward_prediction_coef": 0.0},
 }
 
 
@@ -113,7 +114,7 @@ class Config:
     gae_lambda: float = field(default=1.0, metadata=_help(
         "GAE lambda of the policy's advantage; 1 is the paper's n-step advantage"))
     entropy_coef: float = field(default=0.01, metadata=_help("weight of the entropy bonus"))
-    reward_prediction_coef: float = field(default=0.0, metadata=_help(
+    reward_prediction_coef: float = field(default=0.1, metadata=_help(
         "weight of an auxiliary task: predict from an observation the sign of the reward after it (UNREAL's "
         "reward prediction), on recent observations, half rewarding; 0: off"))
     value_loss_coef: float = field(default=0.5, metadata=_help("weight of the value loss"))

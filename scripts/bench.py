@@ -133,31 +133,38 @@ def main(argv: list[str] | None = None) -> None:
                         help="what the network sees of a frame (default: the default's, or the checkpoint's)")
     parser.add_argument("--checkpoint-interval", type=float, nargs="+",
                         help="seconds between checkpoints of latest.pt (default: the default's)")
+    parser.add_argument("--reward-prediction-coef", type=float, nargs="+",
+                        help="weight of the reward-prediction task, 0 for off (default: the default's)")
     parser.add_argument("--train-only", action="store_true",
                         help="measure training alone, not the env-only and raw emulator rates")
     parser.add_argument("--from-checkpoint", metavar="PATH",
                         help="train from this checkpoint's weights and optimizer state, with its settings")
     parser.add_argument("--output", default="benchmarks/latest.json")
     args = parser.parse_args(argv)
+    if args.from_checkpoint and args.reward_prediction_coef:
+        parser.error("--reward-prediction-coef: a checkpoint's network has the task's head or not; it keeps its own")
 
     start = None if args.from_checkpoint is None else load_checkpoint(args.from_checkpoint)
     base = Config(env_id=args.env_id, lstm=args.lstm) if start is None else Config.from_saved(start["config"])
     records = []
-    header = (f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'frame norm':>11} {'checkpoints':>11} "
+    header = (f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'frame norm':>11} {'reward pred':>11} {'checkpoints':>11} "
               f"{'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}")
     print(header, flush=True)
     for workers in args.workers:
         env_fps = None if args.train_only else env_only_fps(base, workers, False, args.warmup, args.seconds)
         raw_fps = None if args.train_only or not base.is_atari else env_only_fps(base, workers, True, args.warmup,
                                                                                  args.seconds)
-        for envs, precision, frame_norm, interval in itertools.product(
+        for envs, precision, frame_norm, prediction, interval in itertools.product(
                 args.envs_per_worker, args.precision, args.frame_norm or [base.frame_norm],
+                args.reward_prediction_coef or [base.reward_prediction_coef],
                 args.checkpoint_interval or [base.checkpoint_interval]):
             config = replace(base, workers=workers, envs_per_worker=envs, precision=precision,
-                             frame_norm=frame_norm, checkpoint_interval=interval, run_name=None)
+                             frame_norm=frame_norm, reward_prediction_coef=prediction,
+                             checkpoint_interval=interval, run_name=None)
             fps = train_fps(config, args.warmup, args.seconds, start=start)
             record = {"workers": workers, "envs_per_worker": envs, "precision": config.network_precision,
-                      "frame_norm": frame_norm, "checkpoint_interval": interval,
+                      "frame_norm": frame_norm, "reward_prediction_coef": prediction,
+                      "checkpoint_interval": interval,
                       "train_fps": round(fps, 1),
                       "env_only_fps": None if env_fps is None else round(env_fps, 1),
                       "ratio": None if env_fps is None else round(fps / env_fps, 3),
@@ -168,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
             records.append(record)
             raw_text = "-" if raw_fps is None else f"{raw_fps:,.0f}"
             env_text, ratio_text = ("-", "-") if env_fps is None else (f"{env_fps:,.0f}", f"{fps / env_fps:.2f}")
-            print(f"{workers:>7} {envs:>11} {config.network_precision:>9} {frame_norm:>11} {f'{interval:g} s':>11} "
+            print(f"{workers:>7} {envs:>11} {config.network_precision:>9} {frame_norm:>11} {prediction:>11g} "
+                  f"{f'{interval:g} s':>11} "
                   f"{fps:>10,.0f} {env_text:>12} {ratio_text:>6} {raw_text:>11}", flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import torch
 
 from a3c import reference
 from a3c.auxiliary import NEGATIVE, NONE, POSITIVE, REWARD_BATCH, RewardMemory
-from a3c.config import Config, ConfigError, validate
+from a3c.config import PRESETS, Config, ConfigError, validate
 from a3c.envs import env_spaces
 from a3c.model import DTYPES, build_model
 from a3c.shared import STOP, SharedTraining
@@ -93,9 +93,9 @@ def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observati
 
 
 def updates_and_their_references(worker: Worker, observations: list[torch.Tensor], config: Config,
-                                 updates: int) -> list[torch.Tensor]:
+                                 updates: int) -> tuple[list[torch.Tensor], int]:
     """Play and apply `updates` updates; for each, the reference gradient of what it played (and of
-    the reward-prediction batch it drew, where the worker predicts rewards: each must draw one)."""
+    the reward-prediction batch it drew, if any); and how many drew one."""
     drawn: list[tuple[torch.Tensor, torch.Tensor] | None] = []
     memory = worker.reward_memory
     if memory is not None:
@@ -110,12 +110,9 @@ def updates_and_their_references(worker: Worker, observations: list[torch.Tensor
         observations.clear()
         rollout = worker.collect()
         worker.update(rollout)
-        reward_batch = None
-        if memory is not None:
-            reward_batch = drawn[-1]
-            assert reward_batch is not None
+        reward_batch = None if memory is None else drawn[-1]
         references.append(reference_gradient(worker.model, weights, rollout, observations, config, reward_batch))
-    return references
+    return references, sum(batch is not None for batch in drawn)
 
 
 def relative_error(received: torch.Tensor, reference: torch.Tensor) -> float:
@@ -150,7 +147,7 @@ def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, fra
                     frame_norm=frame_norm, precision=precision,
                     max_grad_norm=1e9)  # no clipping: the raw gradient is compared
     worker, recorder, observations = recorded_worker(config)
-    references = updates_and_their_references(worker, observations, config, 4)
+    references, _ = updates_and_their_references(worker, observations, config, 4)
     worker.close()
     assert len(recorder.received) == 4
     for received, expected in zip(recorder.received, references, strict=True):
@@ -172,8 +169,9 @@ def test_with_reward_prediction_an_update_hands_over_its_own_gradient_with_the_t
     assert worker.reward_memory is not None
     # One rewarding observation (the rollouts bring unrewarded ones): the task is on from the first update.
     worker.reward_memory.add(worker.obs_storage[0], 100.0)
-    references = updates_and_their_references(worker, observations, config, 3)
+    references, predicted = updates_and_their_references(worker, observations, config, 3)
     worker.close()
+    assert predicted == 3
     for received, expected in zip(recorder.received, references, strict=True):
         assert_same_gradient(received, expected, precision, worker.model)
 
@@ -202,14 +200,16 @@ def test_the_reward_memory_samples_half_rewarding_observations_by_their_sign():
     assert seen.count(-1) == pytest.approx(seen.count(2), rel=0.5)
 
 
-def test_reward_prediction_is_off_by_default_and_in_runs_saved_without_it():
+def test_reward_prediction_is_on_by_default_and_off_in_presets_and_runs_saved_without_it():
     config = Config(env_id="ALE/Pong-v5")
+    assert config.reward_prediction_coef == 0.1
+    assert all(preset["reward_prediction_coef"] == 0.0 for preset in PRESETS.values())
     obs_shape, n_actions = env_spaces(config)
-    plain = build_model(config, obs_shape, n_actions)
+    plain = build_model(replace(config, reward_prediction_coef=0.0), obs_shape, n_actions)
     assert plain.reward_prediction is None
     with pytest.raises(ValueError, match="without reward prediction"):
         plain.reward_logits(torch.zeros(1, plain.features))
-    with_task = build_model(replace(config, reward_prediction_coef=1.0), obs_shape, n_actions)
+    with_task = build_model(config, obs_shape, n_actions)
     # The head's weights come last: every other parameter keeps its place in the flat weights.
     assert [name for name, _ in with_task.named_parameters()][-2:] == ["reward_prediction.weight",
                                                                         "reward_prediction.bias"]
