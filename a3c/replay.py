@@ -161,7 +161,7 @@ class ReplayTape:
             conv = isinstance(layer, nn.Conv2d)
             x = _ReplayedLayer.apply(x if conv else x.flatten(1), layer.weight, layer.bias, output[:rows],
                                      layer.stride if conv else None, model.activation)
-        features, recorded = x.float().split([steps * batch, self.recorded])
+        features, recorded_features = x.float().split([steps * batch, self.recorded])
         if model.lstm is not None:  # step by step; the heads then run batched
             assert initial_state is not None  # an LSTM model always carries a state
             state, hidden = initial_state, []
@@ -171,4 +171,4 @@ class ReplayTape:
                 hidden.append(state[0])
             features = torch.cat(hidden)
         logits, values = model.heads(features)
-        return logits.view(steps, batch, -1), values.view(steps, batch), recorded
+        return logits.view(steps, batch, -1), values.view(steps, batch), recorded_features
