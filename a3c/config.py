@@ -114,6 +114,9 @@ class Config:
     gae_lambda: float = field(default=1.0, metadata=_help(
         "GAE lambda of the policy's advantage; 1 is the paper's n-step advantage"))
     entropy_coef: float = field(default=0.01, metadata=_help("weight of the entropy bonus"))
+    entropy_relative: bool = field(default=False, metadata=_help(
+        "weigh the entropy bonus by the root mean square of recent advantages (entropy_coef times it), so that "
+        "it pulls against each game's advantages in proportion"))
     reward_prediction_coef: float = field(default=0.1, metadata=_help(
         "weight of an auxiliary task: predict from an observation the sign of the reward after it (UNREAL's "
         "reward prediction), on recent observations, half rewarding; 0: off"))
@@ -243,7 +246,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "network": ("body", "frame_norm", "lstm", "mlp_hidden", "precision"),
     "optimisation": ("workers", "envs_per_worker", "t_max", "optimizer", "lr", "lr_anneal", "adam_beta1",
                      "adam_beta2", "adam_eps", "rmsprop_alpha", "rmsprop_eps", "gamma", "gae_lambda",
-                     "entropy_coef", "reward_prediction_coef", "value_loss_coef", "max_grad_norm"),
+                     "entropy_coef", "entropy_relative", "reward_prediction_coef", "value_loss_coef",
+                     "max_grad_norm"),
     "evaluation and checkpoints": ("eval_interval", "eval_every_frames", "eval_episodes", "eval_cpu_share",
                                    "eval_device", "eval_greedy", "checkpoint_interval"),
     "run control": ("total_frames", "time_limit", "seed", "runs_dir", "run_name", "status_interval",

@@ -39,6 +39,7 @@ class LearnerStats:
     staleness_max: float
     reward_prediction_loss: float  # nan without reward prediction (a3c/auxiliary.py)
     reward_prediction_accuracy: float
+    advantage_scale: float  # the root mean square of recent advantages (nan without entropy_relative)
     learning_rate: float
 
 

@@ -5,12 +5,14 @@ Given one rollout of T steps on B environments, played by the model with weights
 
     R_t   = r_t + gamma * R_{t+1}              the n-step return, R_T = V(s_T); 0 past game over
     A_t   = GAE(lambda) of the TD errors       r_t + gamma * V(s_{t+1}) - V(s_t)  (lambda = 1: R_t - V(s_t))
-    loss  = sum_t [ -log pi(a_t | s_t) A_t  - beta H(pi(. | s_t))  + c / 2 (R_t - V(s_t))^2 ] / B
+    loss  = sum_t [ -log pi(a_t | s_t) A_t  - beta e H(pi(. | s_t))  + c / 2 (R_t - V(s_t))^2 ] / B
 
-and the update is one step of the shared optimizer (Adam or RMSProp) along d loss / d theta (with
-reward prediction on, d (loss + its coefficient times reward_prediction_loss below) / d theta). Here
-everything is computed again, one step at a time, in float32 (or the acting number format of the
-body, so that the tests compare like with like), with torch only: no tape, no numpy, no batching tricks.
+where e is 1, or with entropy_relative the root mean square of the worker's recent advantages (data,
+not differentiated); and the update is one step of the shared optimizer (Adam or RMSProp) along
+d loss / d theta (with reward prediction on, d (loss + its coefficient times reward_prediction_loss
+below) / d theta). Here everything is computed again, one step at a time, in float32 (or the acting
+number format of the body, so that the tests compare like with like), with torch only: no tape, no
+numpy, no batching tricks.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ def returns_and_advantages(rewards: torch.Tensor, values: torch.Tensor, next_val
 def a3c_loss(model: ActorCritic, observations: list[torch.Tensor], initial_state: LstmState | None,
              actions: torch.Tensor, rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
              ended: torch.Tensor, gamma: float, gae_lambda: float, entropy_coef: float, value_loss_coef: float,
-             body_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+             body_dtype: torch.dtype = torch.float32, entropy_scale: float = 1.0) -> torch.Tensor:
     """The loss of a rollout whose step t saw `observations[t]` (B observations), recomputed step by
-    step with autograd. `next_values` are data (the bootstrap values the worker saw), not differentiated."""
+    step with autograd. `next_values` are data (the bootstrap values the worker saw), not differentiated;
+    so is `entropy_scale`, what the entropy bonus is multiplied by (entropy_relative)."""
     state = initial_state
     logits, values = [], []
     for t, obs in enumerate(observations):
@@ -63,7 +66,7 @@ def a3c_loss(model: ActorCritic, observations: list[torch.Tensor], initial_state
     policy_loss = -(log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1) * advantages).sum()
     entropy = -(log_probs.exp() * log_probs).sum()
     value_loss = 0.5 * (returns - value).pow(2).sum()
-    return (policy_loss - entropy_coef * entropy + value_loss_coef * value_loss) / batch
+    return (policy_loss - entropy_coef * entropy_scale * entropy + value_loss_coef * value_loss) / batch
 
 
 def gradient(model: ActorCritic, loss: torch.Tensor) -> torch.Tensor:

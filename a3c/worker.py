@@ -137,6 +137,25 @@ class UpdateStats:
     staleness: int = 0  # updates of other workers stepped in between this one's weight copy and its step
     reward_prediction_loss: float = math.nan  # nan where the update predicted no rewards (a3c/auxiliary.py)
     reward_prediction_accuracy: float = math.nan
+    advantage_scale: float = math.nan  # AdvantageScale's; nan: not kept
+
+
+class AdvantageScale:
+    """The root mean square of a worker's recent advantages: an exponential moving average of their
+    mean square over its updates, bias-corrected as Adam's moments are; steadier than one update's
+    few samples. The entropy bonus in proportion to it pulls against each game's advantages alike."""
+
+    DECAY = 0.999  # about the last thousand updates
+    EPS = 1e-8
+
+    def __init__(self) -> None:
+        self.mean_square, self.updates = 0.0, 0
+
+    def __call__(self, advantages: torch.Tensor) -> float:
+        """Take in one update's advantages; the scale so far, theirs included."""
+        self.updates += 1
+        self.mean_square = self.DECAY * self.mean_square + (1 - self.DECAY) * float(advantages.pow(2).mean())
+        return math.sqrt(self.mean_square / (1 - self.DECAY ** self.updates)) + self.EPS
 
 
 @dataclass
@@ -147,10 +166,11 @@ class EpisodeRecord:
     end_time: float
 
 
-def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, config: Config
-             ) -> tuple[torch.Tensor, UpdateStats]:
+def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, config: Config,
+             advantage_scale: AdvantageScale | None = None) -> tuple[torch.Tensor, UpdateStats]:
     """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs,
-    and its terms for the logs (grad_norm and applied to be filled in after the backward pass).
+    and its terms for the logs (grad_norm and applied to be filled in after the backward pass). With
+    `advantage_scale` (entropy_relative) the entropy bonus is multiplied by the scale it gives.
 
     The logits and values are the acting passes' own, replayed from the rollout's tape
     (Rollout.replay): the update's backward pass runs batched over the whole rollout, in the run's
@@ -163,15 +183,17 @@ def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, confi
     log_probs = F.log_softmax(logits, dim=-1)
     action_log_probs = log_probs.gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1)
     batch = rollout.actions.shape[1]
+    scale = math.nan if advantage_scale is None else advantage_scale(advantages)
+    entropy_coef = config.entropy_coef if advantage_scale is None else config.entropy_coef * scale
     policy_loss = -(action_log_probs * advantages).sum() / batch
     residual = returns - values
     value_loss = 0.5 * residual.pow(2).sum() / batch
     entropy = -(log_probs.exp() * log_probs).sum() / batch
-    loss = policy_loss - config.entropy_coef * entropy + config.value_loss_coef * value_loss
+    loss = policy_loss - entropy_coef * entropy + config.value_loss_coef * value_loss
     with torch.no_grad():
         terms = UpdateStats(float(policy_loss), float(value_loss), float(entropy), math.nan, False,
                             float(residual.var(unbiased=False)), float(returns.var(unbiased=False)),
-                            rollout.tape.active_units())
+                            rollout.tape.active_units(), advantage_scale=scale)
     return loss, terms
 
 
@@ -282,6 +304,7 @@ class Worker:
         self.to_training_rewards = training_reward_transform(config, len(self.envs))
         self.updates_at_copy = 0  # the shared update count at the last weight copy
         self.reward_memory = RewardMemory(obs_shape, first[0].dtype) if predicts_rewards else None
+        self.advantage_scale = AdvantageScale() if config.entropy_relative else None
 
     def sync_weights(self) -> None:
         """Load the shared weights into the local model."""
@@ -378,7 +401,7 @@ class Worker:
         if batch is not None:
             rollout.tape.record(batch[0])
         logits, values, batch_features = rollout.replay()
-        loss, stats = a3c_loss(rollout, logits, values, self.config)
+        loss, stats = a3c_loss(rollout, logits, values, self.config, self.advantage_scale)
         if batch is not None:
             prediction_loss, stats.reward_prediction_accuracy = reward_prediction_loss(
                 self.model, batch_features, batch[1])
@@ -424,7 +447,8 @@ def _mean_stats(stats: list[UpdateStats]) -> dict[str, float]:
     explained = 1.0 - mean("residual_variance") / return_variance if return_variance > 0 else math.nan
     return {**{name: mean(name) for name in ("policy_loss", "value_loss", "entropy", "grad_norm", "active_units",
                                               "staleness")},
-            **{name: mean_of_finite(name) for name in ("reward_prediction_loss", "reward_prediction_accuracy")},
+            **{name: mean_of_finite(name) for name in ("reward_prediction_loss", "reward_prediction_accuracy",
+                                                        "advantage_scale")},
             "explained_variance": explained, "staleness_max": float(max(s.staleness for s in stats))}
 
 

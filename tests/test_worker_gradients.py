@@ -10,6 +10,7 @@ update re-applies a stale gradient).
 from __future__ import annotations
 
 import copy
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -25,6 +26,7 @@ from a3c.envs import env_spaces
 from a3c.model import DTYPES, build_model
 from a3c.shared import STOP, SharedTraining
 from a3c.worker import (
+    AdvantageScale,
     Rollout,
     UpdateStats,
     Worker,
@@ -76,17 +78,19 @@ def recorded_worker(config: Config) -> tuple[Worker, RecordingOptimizer, list[to
 
 
 def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observations: list[torch.Tensor],
-                       config: Config, reward_batch: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                       config: Config, reward_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       entropy_scale: float = 1.0) -> torch.Tensor:
     """a3c/reference.py's gradient of the rollout (and of reward prediction on `reward_batch`, if
     given), with a fresh copy of the model holding the weights that acted, its body in the number
-    format the worker acts in."""
+    format the worker acts in, and the entropy bonus multiplied by `entropy_scale`."""
     fresh = copy.deepcopy(model)
     torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
     state = None if rollout.initial_state is None else tuple(s.clone() for s in rollout.initial_state)
     body_dtype = DTYPES[config.network_precision]
     loss = reference.a3c_loss(fresh, observations[:rollout.steps], state, rollout.actions, rollout.rewards,
                               rollout.next_values, rollout.terminated, rollout.ended, config.gamma,
-                              config.gae_lambda, config.entropy_coef, config.value_loss_coef, body_dtype)
+                              config.gae_lambda, config.entropy_coef, config.value_loss_coef, body_dtype,
+                              entropy_scale)
     if reward_batch is not None:
         loss = loss + config.reward_prediction_coef * reference.reward_prediction_loss(fresh, *reward_batch, body_dtype)
     return reference.gradient(fresh, loss)
@@ -109,9 +113,11 @@ def updates_and_their_references(worker: Worker, observations: list[torch.Tensor
         weights = worker.local_params.clone()
         observations.clear()
         rollout = worker.collect()
-        worker.update(rollout)
+        stats = worker.update(rollout)
         reward_batch = None if memory is None else drawn[-1]
-        references.append(reference_gradient(worker.model, weights, rollout, observations, config, reward_batch))
+        scale = stats.advantage_scale if config.entropy_relative else 1.0
+        references.append(reference_gradient(worker.model, weights, rollout, observations, config, reward_batch,
+                                             scale))
     return references, sum(batch is not None for batch in drawn)
 
 
@@ -174,6 +180,39 @@ def test_with_reward_prediction_an_update_hands_over_its_own_gradient_with_the_t
     assert predicted == 3
     for received, expected in zip(recorder.received, references, strict=True):
         assert_same_gradient(received, expected, precision, worker.model)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_with_a_relative_entropy_bonus_an_update_hands_over_its_own_gradient(precision):
+    config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-3, envs_per_worker=2,
+                    precision=precision, entropy_relative=True, max_grad_norm=1e9)
+    worker, recorder, observations = recorded_worker(config)
+    assert worker.advantage_scale is not None
+    scales: list[float] = []
+    scale_of = worker.advantage_scale.__call__
+    worker.advantage_scale = lambda advantages: scales.append(scale_of(advantages)) or scales[-1]
+    references, _ = updates_and_their_references(worker, observations, config, 3)
+    worker.close()
+    assert len(scales) == 3 and max(abs(scale - 1.0) for scale in scales) > 0.1  # the scale shows
+    for received, expected in zip(recorder.received, references, strict=True):
+        assert_same_gradient(received, expected, precision, worker.model)
+
+
+def test_the_advantage_scale_is_the_bias_corrected_moving_root_mean_square():
+    scale = AdvantageScale()
+    batches = [torch.full((5, 4), 2.0), torch.full((5, 4), -2.0), torch.full((5, 4), 4.0)]
+    # Constant mean squares give that mean square's root from the first update on, as Adam's
+    # corrected moments do.
+    assert scale(batches[0]) == pytest.approx(2.0)
+    assert scale(batches[1]) == pytest.approx(2.0)
+    decay = AdvantageScale.DECAY
+    weights = [decay ** 2, decay, 1.0]
+    expected = math.sqrt(sum(w * float(b.pow(2).mean()) for w, b in zip(weights, batches, strict=True)) / sum(weights))
+    assert scale(batches[2]) == pytest.approx(expected)
+    assert Config().entropy_relative is False
+    stats = UpdateStats(0.0, 0.0, 0.0, 1.0, True, residual_variance=1.0, return_variance=3.0, active_units=1.0)
+    assert np.isnan(_mean_stats([stats])["advantage_scale"])
+    assert _mean_stats([stats, replace(stats, advantage_scale=3.0)])["advantage_scale"] == 3.0
 
 
 def test_the_reward_memory_samples_half_rewarding_observations_by_their_sign():
