@@ -146,7 +146,6 @@ class AdvantageScale:
     few samples. The entropy bonus in proportion to it pulls against each game's advantages alike."""
 
     DECAY = 0.999  # about the last thousand updates
-    EPS = 1e-8
 
     def __init__(self) -> None:
         self.mean_square, self.updates = 0.0, 0
@@ -155,7 +154,7 @@ class AdvantageScale:
         """Take in one update's advantages; the scale so far, theirs included."""
         self.updates += 1
         self.mean_square = self.DECAY * self.mean_square + (1 - self.DECAY) * float(advantages.pow(2).mean())
-        return math.sqrt(self.mean_square / (1 - self.DECAY ** self.updates)) + self.EPS
+        return math.sqrt(self.mean_square / (1 - self.DECAY ** self.updates))
 
 
 @dataclass
@@ -183,8 +182,10 @@ def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, confi
     log_probs = F.log_softmax(logits, dim=-1)
     action_log_probs = log_probs.gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1)
     batch = rollout.actions.shape[1]
-    scale = math.nan if advantage_scale is None else advantage_scale(advantages)
-    entropy_coef = config.entropy_coef if advantage_scale is None else config.entropy_coef * scale
+    entropy_coef, scale = config.entropy_coef, math.nan
+    if advantage_scale is not None:
+        scale = advantage_scale(advantages)
+        entropy_coef *= scale
     policy_loss = -(action_log_probs * advantages).sum() / batch
     residual = returns - values
     value_loss = 0.5 * residual.pow(2).sum() / batch
