@@ -115,8 +115,8 @@ class Config:
         "GAE lambda of the policy's advantage; 1 is the paper's n-step advantage"))
     entropy_coef: float = field(default=0.01, metadata=_help("weight of the entropy bonus"))
     entropy_relative: bool = field(default=False, metadata=_help(
-        "weigh the entropy bonus by the root mean square of recent advantages (entropy_coef times it), so that "
-        "it pulls against each game's advantages in proportion"))
+        "shrink the entropy bonus where a game's advantages are small: entropy_coef times the root mean square "
+        "of recent advantages over 0.4, at most entropy_coef"))
     reward_prediction_coef: float = field(default=0.1, metadata=_help(
         "weight of an auxiliary task: predict from an observation the sign of the reward after it (UNREAL's "
         "reward prediction), on recent observations, half rewarding; 0: off"))

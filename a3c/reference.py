@@ -7,8 +7,8 @@ Given one rollout of T steps on B environments, played by the model with weights
     A_t   = GAE(lambda) of the TD errors       r_t + gamma * V(s_{t+1}) - V(s_t)  (lambda = 1: R_t - V(s_t))
     loss  = sum_t [ -log pi(a_t | s_t) A_t  - beta e H(pi(. | s_t))  + c / 2 (R_t - V(s_t))^2 ] / B
 
-where e is 1, or with entropy_relative the root mean square of the worker's recent advantages (data,
-not differentiated); and the update is one step of the shared optimizer (Adam or RMSProp) along
+where e is 1, or with entropy_relative min(1, the root mean square of the worker's recent advantages
+over 0.4) (data, not differentiated); and the update is one step of the shared optimizer (Adam or RMSProp) along
 d loss / d theta (with reward prediction on, d (loss + its coefficient times reward_prediction_loss
 below) / d theta). Here everything is computed again, one step at a time, in float32 (or the acting
 number format of the body, so that the tests compare like with like), with torch only: no tape, no

@@ -143,9 +143,13 @@ class UpdateStats:
 class AdvantageScale:
     """The root mean square of a worker's recent advantages: an exponential moving average of their
     mean square over its updates, bias-corrected as Adam's moments are; steadier than one update's
-    few samples. The entropy bonus in proportion to it pulls against each game's advantages alike."""
+    few samples. The entropy bonus shrinks with it where a game's advantages are smaller than
+    REFERENCE, so that it does not hold such a game's policy near uniform."""
 
     DECAY = 0.999  # about the last thousand updates
+    # The scale at which the bonus is entropy_coef's whole: about that of games whose bonus suited
+    # them at 0.01 (docs/experiments.md, "Entropy bonus").
+    REFERENCE = 0.4
 
     def __init__(self) -> None:
         self.mean_square, self.updates = 0.0, 0
@@ -155,6 +159,11 @@ class AdvantageScale:
         self.updates += 1
         self.mean_square = self.DECAY * self.mean_square + (1 - self.DECAY) * float(advantages.pow(2).mean())
         return math.sqrt(self.mean_square / (1 - self.DECAY ** self.updates))
+
+    @classmethod
+    def entropy_factor(cls, scale: float) -> float:
+        """What the entropy bonus is multiplied by at this scale: in proportion below REFERENCE, 1 above."""
+        return min(1.0, scale / cls.REFERENCE)
 
 
 @dataclass
@@ -169,7 +178,7 @@ def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, confi
              advantage_scale: AdvantageScale | None = None) -> tuple[torch.Tensor, UpdateStats]:
     """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs,
     and its terms for the logs (grad_norm and applied to be filled in after the backward pass). With
-    `advantage_scale` (entropy_relative) the entropy bonus is multiplied by the scale it gives.
+    `advantage_scale` (entropy_relative) the entropy bonus is multiplied by its entropy_factor.
 
     The logits and values are the acting passes' own, replayed from the rollout's tape
     (Rollout.replay): the update's backward pass runs batched over the whole rollout, in the run's
@@ -185,7 +194,7 @@ def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, confi
     entropy_coef, scale = config.entropy_coef, math.nan
     if advantage_scale is not None:
         scale = advantage_scale(advantages)
-        entropy_coef *= scale
+        entropy_coef *= AdvantageScale.entropy_factor(scale)
     policy_loss = -(action_log_probs * advantages).sum() / batch
     residual = returns - values
     value_loss = 0.5 * residual.pow(2).sum() / batch

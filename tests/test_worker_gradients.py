@@ -115,7 +115,7 @@ def updates_and_their_references(worker: Worker, observations: list[torch.Tensor
         rollout = worker.collect()
         stats = worker.update(rollout)
         reward_batch = None if memory is None else drawn[-1]
-        scale = stats.advantage_scale if config.entropy_relative else 1.0
+        scale = AdvantageScale.entropy_factor(stats.advantage_scale) if config.entropy_relative else 1.0
         references.append(reference_gradient(worker.model, weights, rollout, observations, config, reward_batch,
                                              scale))
     return references, sum(batch is not None for batch in drawn)
@@ -183,7 +183,10 @@ def test_with_reward_prediction_an_update_hands_over_its_own_gradient_with_the_t
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_with_a_relative_entropy_bonus_an_update_hands_over_its_own_gradient(precision):
+def test_with_a_relative_entropy_bonus_an_update_hands_over_its_own_gradient(precision, monkeypatch):
+    # A reference scale far above the rollouts' own: the bonus is shrunk in proportion (at or above
+    # it, the factor is 1 and the update is the plain one, tested above).
+    monkeypatch.setattr(AdvantageScale, "REFERENCE", 100.0)
     config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-3, envs_per_worker=2,
                     precision=precision, entropy_relative=True, max_grad_norm=1e9)
     worker, recorder, observations = recorded_worker(config)
@@ -193,7 +196,8 @@ def test_with_a_relative_entropy_bonus_an_update_hands_over_its_own_gradient(pre
     worker.advantage_scale = lambda advantages: scales.append(scale_of(advantages)) or scales[-1]
     references, _ = updates_and_their_references(worker, observations, config, 3)
     worker.close()
-    assert len(scales) == 3 and max(abs(scale - 1.0) for scale in scales) > 0.1  # the scale shows
+    factors = [AdvantageScale.entropy_factor(scale) for scale in scales]
+    assert len(scales) == 3 and max(abs(factor - 1.0) for factor in factors) > 0.1  # the scale shows
     for received, expected in zip(recorder.received, references, strict=True):
         assert_same_gradient(received, expected, precision, worker.model)
 
