@@ -40,14 +40,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the defaults of earlier versions.
     "tutorial": {"screen_size": 42, "body": "tutorial", "envs_per_worker": 1, "t_max": 20, "lr": 1e-4,
                  "reward_transform": "scale", "terminal_on_life_loss": False, "frame_norm": "scale",
-                 "reward_prediction_coef": 0.0},
+                 "reward_prediction_coef": 0.0, "entropy_relative": False},
     # Mnih et al. 2016's A3C FF: 84x84 frames, the network of Mnih et al. 2013, one environment per
     # worker, t_max 5, clipped rewards, shared RMSProp (alpha 0.99) with its learning rate annealed
-    # to zero, lives not terminal (the paper names no such step), no auxiliary task; it searched the
-    # rate per game, 7e-4 is baselines' A2C's.
+    # to zero, lives not terminal (the paper names no such step), no auxiliary task, a fixed entropy
+    # weight; it searched the rate per game, 7e-4 is baselines' A2C's.
     "paper": {"screen_size": 84, "body": "mnih2013", "envs_per_worker": 1, "t_max": 5, "optimizer": "rmsprop",
               "lr": 7e-4, "lr_anneal": True, "reward_transform": "clip", "terminal_on_life_loss": False,
-              "frame_norm": "scale", "reward_prediction_coef": 0.0},
+              "frame_norm": "scale", "reward_prediction_coef": 0.0, "entropy_relative": False},
 }
 
 
@@ -113,8 +113,9 @@ class Config:
     gamma: float = field(default=0.99, metadata=_help("discount factor"))
     gae_lambda: float = field(default=1.0, metadata=_help(
         "GAE lambda of the policy's advantage; 1 is the paper's n-step advantage"))
-    entropy_coef: float = field(default=0.01, metadata=_help("weight of the entropy bonus"))
-    entropy_relative: bool = field(default=False, metadata=_help(
+    entropy_coef: float = field(default=0.01, metadata=_help(
+        "weight of the entropy bonus (with entropy_relative, the most it weighs)"))
+    entropy_relative: bool = field(default=True, metadata=_help(
         "shrink the entropy bonus where a game's advantages are small: entropy_coef times the root mean square "
         "of recent advantages over 0.4, at most entropy_coef"))
     reward_prediction_coef: float = field(default=0.1, metadata=_help(
@@ -267,7 +268,7 @@ REMOVED: dict[str, tuple[Any, str]] = {
 REMOVED_VALUES = {("frame_norm", "standardize"): "standardized frames lost to background (docs/experiments.md)"}
 # Settings that earlier versions did not save, with the value their runs had (Config.from_saved).
 UNSAVED_BEFORE = {"optimizer": "adam", "terminal_on_life_loss": False, "frame_norm": "scale",
-                  "reward_prediction_coef": 0.0}
+                  "reward_prediction_coef": 0.0, "entropy_relative": False}
 
 
 def read_older(values: dict[str, Any]) -> dict[str, Any]:

@@ -96,6 +96,11 @@ def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observati
     return reference.gradient(fresh, loss)
 
 
+def entropy_scale_of(stats: UpdateStats, config: Config) -> float:
+    """What the update multiplied its entropy bonus by: the reference's entropy_scale."""
+    return AdvantageScale.entropy_factor(stats.advantage_scale) if config.entropy_relative else 1.0
+
+
 def updates_and_their_references(worker: Worker, observations: list[torch.Tensor], config: Config,
                                  updates: int) -> tuple[list[torch.Tensor], int]:
     """Play and apply `updates` updates; for each, the reference gradient of what it played (and of
@@ -115,9 +120,8 @@ def updates_and_their_references(worker: Worker, observations: list[torch.Tensor
         rollout = worker.collect()
         stats = worker.update(rollout)
         reward_batch = None if memory is None else drawn[-1]
-        scale = AdvantageScale.entropy_factor(stats.advantage_scale) if config.entropy_relative else 1.0
         references.append(reference_gradient(worker.model, weights, rollout, observations, config, reward_batch,
-                                             scale))
+                                             entropy_scale_of(stats, config)))
     return references, sum(batch is not None for batch in drawn)
 
 
@@ -213,7 +217,14 @@ def test_the_advantage_scale_is_the_bias_corrected_moving_root_mean_square():
     weights = [decay ** 2, decay, 1.0]
     expected = math.sqrt(sum(w * float(b.pow(2).mean()) for w, b in zip(weights, batches, strict=True)) / sum(weights))
     assert scale(batches[2]) == pytest.approx(expected)
-    assert Config().entropy_relative is False
+    # The bonus shrinks in proportion below the reference scale and is entropy_coef's whole above it.
+    assert AdvantageScale.entropy_factor(AdvantageScale.REFERENCE / 4) == pytest.approx(0.25)
+    assert AdvantageScale.entropy_factor(AdvantageScale.REFERENCE * 2) == 1.0
+    # On by default; off in the presets and in runs saved before it existed.
+    assert Config().entropy_relative is True
+    assert all(preset["entropy_relative"] is False for preset in PRESETS.values())
+    saved = {key: value for key, value in Config().to_dict().items() if key != "entropy_relative"}
+    assert Config.from_saved(saved).entropy_relative is False
     stats = UpdateStats(0.0, 0.0, 0.0, 1.0, True, residual_variance=1.0, return_variance=3.0, active_units=1.0)
     assert np.isnan(_mean_stats([stats])["advantage_scale"])
     assert _mean_stats([stats, replace(stats, advantage_scale=3.0)])["advantage_scale"] == 3.0
@@ -295,8 +306,9 @@ def test_update_changes_the_shared_weights_by_one_adam_step_of_that_gradient():
     worker.sync_weights()
     before = shared.params.clone()
     rollout = worker.collect()
-    grad = reference_gradient(worker.model, before, rollout, observations, config)
-    worker.update(rollout)
+    stats = worker.update(rollout)
+    grad = reference_gradient(worker.model, before, rollout, observations, config,
+                              entropy_scale=entropy_scale_of(stats, config))
     worker.close()
     expected = before.clone()
     adam = torch.optim.Adam([torch.nn.Parameter(expected)], lr=1e-2)
@@ -485,8 +497,9 @@ def test_a_lost_life_ends_the_learners_episode_but_not_the_game():
             # Each terminal step lost a life, with no game over and no reset.
             assert lives_before - worker.lives[0] == int(rollout.terminated.sum()) > 0
             assert worker.episode_lengths[0] >= rollout.steps  # the game's episode was not restarted
-            expected = reference_gradient(worker.model, weights, rollout, observations, config)
-            worker.update(rollout)
+            stats = worker.update(rollout)
+            expected = reference_gradient(worker.model, weights, rollout, observations, config,
+                                          entropy_scale=entropy_scale_of(stats, config))
             assert_same_gradient(recorder.received[-1], expected, "float32", worker.model)
             return
         pytest.fail("no life lost in 2,000 steps of Breakout")
@@ -542,8 +555,9 @@ def test_a_rollout_cut_short_by_the_stop_signal_hands_over_its_own_gradient(lstm
     weights = worker.local_params.clone()
     observations.clear()
     rollout = worker.collect()
-    expected = reference_gradient(worker.model, weights, rollout, observations, config)
-    worker.update(rollout)
+    stats = worker.update(rollout)
+    expected = reference_gradient(worker.model, weights, rollout, observations, config,
+                                  entropy_scale=entropy_scale_of(stats, config))
     worker.close()
     assert rollout.steps == 4 and len(recorder.received) == 2
     assert_same_gradient(recorder.received[1], expected, "float32", worker.model)
