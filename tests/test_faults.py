@@ -175,5 +175,7 @@ def test_a_short_chaos_soak_survives_every_fault(tmp_path):
     failed = [name for name, ok in soak.get("checks", {}).items() if not ok]
     assert result.returncode == 0 and soak and not failed, (
         f"failed checks: {failed}\n" + result.stdout[-3000:] + result.stderr[-2000:])
-    assert soak["faults"] >= 10 and soak["faults_survived"] == soak["faults"]  # about 30 planned; a fault waits for its replacement
+    # Faults fall between the warm-up (5 s) and 2 hang timeouts + 5 s before the end: about 15 at one a
+    # second, fewer where a loaded machine is slow to start the children; each kind must be among them.
+    assert soak["faults"] >= 6 and soak["faults_survived"] == soak["faults"]
     assert set(soak["faults_by_signal"]) == {"SIGKILL", "SIGTERM", "SIGSTOP"}

@@ -188,8 +188,8 @@ def test_with_reward_prediction_an_update_hands_over_its_own_gradient_with_the_t
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_with_a_relative_entropy_bonus_an_update_hands_over_its_own_gradient(precision, monkeypatch):
-    # A reference scale far above the rollouts' own: the bonus is shrunk in proportion (at or above
-    # it, the factor is 1 and the update is the plain one, tested above).
+    # A reference scale far above the rollouts' own, so that the bonus is surely shrunk in proportion
+    # in every update (at the real reference the factor may well be 1 throughout).
     monkeypatch.setattr(AdvantageScale, "REFERENCE", 100.0)
     config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-3, envs_per_worker=2,
                     precision=precision, entropy_relative=True, max_grad_norm=1e9)
