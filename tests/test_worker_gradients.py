@@ -102,9 +102,9 @@ def entropy_scale_of(stats: UpdateStats, config: Config) -> float:
 
 
 def updates_and_their_references(worker: Worker, observations: list[torch.Tensor], config: Config,
-                                 updates: int) -> tuple[list[torch.Tensor], int]:
+                                 updates: int) -> tuple[list[torch.Tensor], int, list[float]]:
     """Play and apply `updates` updates; for each, the reference gradient of what it played (and of
-    the reward-prediction batch it drew, if any); and how many drew one."""
+    the reward-prediction batch it drew, if any); how many drew one; and each one's entropy scale."""
     drawn: list[tuple[torch.Tensor, torch.Tensor] | None] = []
     memory = worker.reward_memory
     if memory is not None:
@@ -112,7 +112,7 @@ def updates_and_their_references(worker: Worker, observations: list[torch.Tensor
             drawn.append(sample(rng, size))
             return drawn[-1]
         memory.sample = recording_sample
-    references = []
+    references, entropy_scales = [], []
     for _ in range(updates):
         worker.sync_weights()
         weights = worker.local_params.clone()
@@ -120,9 +120,10 @@ def updates_and_their_references(worker: Worker, observations: list[torch.Tensor
         rollout = worker.collect()
         stats = worker.update(rollout)
         reward_batch = None if memory is None else drawn[-1]
+        entropy_scales.append(entropy_scale_of(stats, config))
         references.append(reference_gradient(worker.model, weights, rollout, observations, config, reward_batch,
-                                             entropy_scale_of(stats, config)))
-    return references, sum(batch is not None for batch in drawn)
+                                             entropy_scales[-1]))
+    return references, sum(batch is not None for batch in drawn), entropy_scales
 
 
 def relative_error(received: torch.Tensor, reference: torch.Tensor) -> float:
@@ -157,7 +158,7 @@ def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, fra
                     frame_norm=frame_norm, precision=precision,
                     max_grad_norm=1e9)  # no clipping: the raw gradient is compared
     worker, recorder, observations = recorded_worker(config)
-    references, _ = updates_and_their_references(worker, observations, config, 4)
+    references, _, _ = updates_and_their_references(worker, observations, config, 4)
     worker.close()
     assert len(recorder.received) == 4
     for received, expected in zip(recorder.received, references, strict=True):
@@ -179,7 +180,7 @@ def test_with_reward_prediction_an_update_hands_over_its_own_gradient_with_the_t
     assert worker.reward_memory is not None
     # One rewarding observation (the rollouts bring unrewarded ones): the task is on from the first update.
     worker.reward_memory.add(worker.obs_storage[0], 100.0)
-    references, predicted = updates_and_their_references(worker, observations, config, 3)
+    references, predicted, _ = updates_and_their_references(worker, observations, config, 3)
     worker.close()
     assert predicted == 3
     for received, expected in zip(recorder.received, references, strict=True):
@@ -194,14 +195,9 @@ def test_with_a_relative_entropy_bonus_an_update_hands_over_its_own_gradient(pre
     config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-3, envs_per_worker=2,
                     precision=precision, entropy_relative=True, max_grad_norm=1e9)
     worker, recorder, observations = recorded_worker(config)
-    assert worker.advantage_scale is not None
-    scales: list[float] = []
-    scale_of = worker.advantage_scale.__call__
-    worker.advantage_scale = lambda advantages: scales.append(scale_of(advantages)) or scales[-1]
-    references, _ = updates_and_their_references(worker, observations, config, 3)
+    references, _, factors = updates_and_their_references(worker, observations, config, 3)
     worker.close()
-    factors = [AdvantageScale.entropy_factor(scale) for scale in scales]
-    assert len(scales) == 3 and max(abs(factor - 1.0) for factor in factors) > 0.1  # the scale shows
+    assert len(factors) == 3 and max(abs(factor - 1.0) for factor in factors) > 0.1  # the scale shows
     for received, expected in zip(recorder.received, references, strict=True):
         assert_same_gradient(received, expected, precision, worker.model)
 
