@@ -195,9 +195,9 @@ def test_with_a_relative_entropy_bonus_an_update_hands_over_its_own_gradient(pre
     config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-3, envs_per_worker=2,
                     precision=precision, entropy_relative=True, max_grad_norm=1e9)
     worker, recorder, observations = recorded_worker(config)
-    references, _, factors = updates_and_their_references(worker, observations, config, 3)
+    references, _, entropy_scales = updates_and_their_references(worker, observations, config, 3)
     worker.close()
-    assert len(factors) == 3 and max(abs(factor - 1.0) for factor in factors) > 0.1  # the scale shows
+    assert len(entropy_scales) == 3 and max(abs(scale - 1.0) for scale in entropy_scales) > 0.1  # the scale shows
     for received, expected in zip(recorder.received, references, strict=True):
         assert_same_gradient(received, expected, precision, worker.model)
 
