@@ -118,3 +118,17 @@ def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm):
     counts = re.findall(r"(\d+)/(\d+)", result.stdout.split("per body layer:")[1])
     assert [int(units) for _, units in counts] == [16, 32, 256]  # mnih2013's body
     assert all(0 < int(alive) <= int(units) for alive, units in counts)
+    # The late-gradient diagnostic: one worker lands on the weights it copied, so its late gradient
+    # is its on-time one; with two, each update lands on weights the other has stepped.
+    script = Path(__file__).resolve().parents[1] / "scripts" / "stale_gradients.py"
+    result = subprocess.run([sys.executable, str(script), str(run_dir / "checkpoints" / "latest.pt"),
+                             "--workers", "1", "2", "--updates", "4"], check=False, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    header, _, *rows = [line.split("|")[2:-1] for line in result.stdout.splitlines() if line.startswith("|")]
+    columns = [name.strip() for name in header]
+    by_workers = {int(row[0]): dict(zip(columns, map(float, row), strict=True)) for row in rows}
+    assert by_workers[1]["updates"] == by_workers[2]["updates"] == 4
+    assert by_workers[1]["cosine"] == pytest.approx(1.0, abs=1e-3)
+    assert by_workers[1]["error"] == by_workers[1]["value_shift"] == by_workers[1]["weight_drift"] == 0.0
+    assert by_workers[2]["weight_drift"] > 0 and by_workers[2]["value_shift"] > 0 and by_workers[2]["error"] > 0
