@@ -97,6 +97,11 @@ class Config:
     envs_per_worker: int = field(default=4, metadata=_help(
         "environments per worker, stepped together with one batched forward pass"))
     t_max: int = field(default=5, metadata=_help("steps per rollout: each update learns from t_max x envs_per_worker"))
+    rollout_passes: int = field(default=1, metadata=_help(
+        "steps on each rollout: after the first, the worker copies the shared weights again and steps on the "
+        "same rollout with PPO's clipped ratio to the policy that acted; 1 is A3C"))
+    clip_ratio: float = field(default=0.1, metadata=_help(
+        "how far from 1 the further passes' probability ratio counts (PPO's clip)"))
     optimizer: str = field(default="adam", metadata=_help(
         "the shared optimizer: adam, or rmsprop (the A3C paper's shared RMSProp)"))
     lr: float | None = field(default=None, metadata=_help(
@@ -245,9 +250,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "environment": ("env_id", "screen_size", "frame_skip", "frame_stack", "noop_max", "sticky_actions",
                     "terminal_on_life_loss", "max_episode_frames", "reward_transform", "reward_scale"),
     "network": ("body", "frame_norm", "lstm", "mlp_hidden", "precision"),
-    "optimisation": ("workers", "envs_per_worker", "t_max", "optimizer", "lr", "lr_anneal", "adam_beta1",
-                     "adam_beta2", "adam_eps", "rmsprop_alpha", "rmsprop_eps", "gamma", "gae_lambda",
-                     "entropy_coef", "entropy_relative", "reward_prediction_coef", "value_loss_coef",
+    "optimisation": ("workers", "envs_per_worker", "t_max", "rollout_passes", "clip_ratio", "optimizer", "lr",
+                     "lr_anneal", "adam_beta1", "adam_beta2", "adam_eps", "rmsprop_alpha", "rmsprop_eps", "gamma",
+                     "gae_lambda", "entropy_coef", "entropy_relative", "reward_prediction_coef", "value_loss_coef",
                      "max_grad_norm"),
     "evaluation and checkpoints": ("eval_interval", "eval_every_frames", "eval_episodes", "eval_cpu_share",
                                    "eval_device", "eval_greedy", "checkpoint_interval"),
@@ -315,8 +320,8 @@ def _positive(name: str, value: float) -> None:
 
 def validate(config: Config) -> None:
     """Raise ConfigError, naming the setting, for any value that cannot work."""
-    for name in ("workers", "envs_per_worker", "total_frames", "t_max", "screen_size", "frame_skip", "frame_stack",
-                 "max_episode_frames", "eval_episodes", "mlp_hidden", "max_deaths"):
+    for name in ("workers", "envs_per_worker", "total_frames", "t_max", "rollout_passes", "screen_size", "frame_skip",
+                 "frame_stack", "max_episode_frames", "eval_episodes", "mlp_hidden", "max_deaths"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
@@ -335,6 +340,7 @@ def validate(config: Config) -> None:
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(config, name)}")
     _positive("max_grad_norm", config.max_grad_norm)
+    _positive("clip_ratio", config.clip_ratio)
     if not 0 <= config.sticky_actions < 1:
         raise ConfigError(f"sticky_actions must lie in [0, 1), got {config.sticky_actions}")
     if config.reward_scale is not None:

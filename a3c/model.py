@@ -141,6 +141,11 @@ class ActorCritic(nn.Module):
         elif self.frame_norm == "background":  # in place, as the scaling, so into the tape too
             scale, shift = _background_removal(obs, x.dtype)
             x.mul_(scale).sub_(shift)
+        return self.encode_scaled(x, weights, record)
+
+    def encode_scaled(self, x: torch.Tensor, weights: BodyWeights, record: list[torch.Tensor] | None = None
+                      ) -> torch.Tensor:
+        """encode's body layers, from inputs already scaled (a ReplayTape's first layer)."""
         for i, (layer, (weight, bias)) in enumerate(zip(self.body_layers(), weights, strict=True)):
             if isinstance(layer, nn.Conv2d):
                 x = F.conv2d(x, weight, bias, layer.stride)

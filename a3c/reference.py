@@ -8,7 +8,11 @@ Given one rollout of T steps on B environments, played by the model with weights
     loss  = sum_t [ -log pi(a_t | s_t) A_t  - beta e H(pi(. | s_t))  + c / 2 (R_t - V(s_t))^2 ] / B
 
 where e is 1, or with entropy_relative min(1, the root mean square of the worker's recent advantages
-over 0.4) (data, not differentiated); and the update is one step of the shared optimizer (Adam or RMSProp) along
+over 0.4) (data, not differentiated). In a further pass over the rollout (rollout_passes), under
+weights theta' that did not act, R_t and A_t stay those of theta's values, V(s_t) in the value loss
+is theta''s, and -log pi(a_t | s_t) A_t becomes PPO's clipped surrogate
+-min(rho_t A_t, clip(rho_t, 1 - epsilon, 1 + epsilon) A_t), rho_t = pi'(a_t | s_t) / pi(a_t | s_t) the
+ratio to the policy that acted. The update is one step of the shared optimizer (Adam or RMSProp) along
 d loss / d theta (with reward prediction on, d (loss + its coefficient times reward_prediction_loss
 below) / d theta). Here everything is computed again, one step at a time, in float32 (or the acting
 number format of the body, so that the tests compare like with like), with torch only: no tape, no
@@ -45,10 +49,15 @@ def returns_and_advantages(rewards: torch.Tensor, values: torch.Tensor, next_val
 def a3c_loss(model: ActorCritic, observations: list[torch.Tensor], initial_state: LstmState | None,
              actions: torch.Tensor, rewards: torch.Tensor, next_values: torch.Tensor, terminated: torch.Tensor,
              ended: torch.Tensor, gamma: float, gae_lambda: float, entropy_coef: float, value_loss_coef: float,
-             body_dtype: torch.dtype = torch.float32, entropy_scale: float = 1.0) -> torch.Tensor:
+             body_dtype: torch.dtype = torch.float32, entropy_scale: float = 1.0,
+             acting_values: torch.Tensor | None = None, acting_log_probs: torch.Tensor | None = None,
+             clip_ratio: float = 0.1) -> torch.Tensor:
     """The loss of a rollout whose step t saw `observations[t]` (B observations), recomputed step by
     step with autograd. `next_values` are data (the bootstrap values the worker saw), not differentiated;
-    so is `entropy_scale`, what the entropy bonus is multiplied by (entropy_relative)."""
+    so is `entropy_scale`, what the entropy bonus is multiplied by (entropy_relative). With the values
+    and log pi(a_t | s_t) of the policy that acted, `acting_values` and `acting_log_probs`, the loss is
+    a further pass's: the returns and advantages are those of the values that acted, the policy's term
+    the clipped surrogate."""
     state = initial_state
     logits, values = [], []
     for t, obs in enumerate(observations):
@@ -60,10 +69,16 @@ def a3c_loss(model: ActorCritic, observations: list[torch.Tensor], initial_state
         values.append(step_values)
     log_probs = F.log_softmax(torch.stack(logits), dim=-1)
     value = torch.stack(values)
-    returns, advantages = returns_and_advantages(rewards, value.detach(), next_values, terminated, ended,
-                                                 gamma, gae_lambda)
+    returns, advantages = returns_and_advantages(rewards, value.detach() if acting_values is None else acting_values,
+                                                 next_values, terminated, ended, gamma, gae_lambda)
     batch = actions.shape[1]
-    policy_loss = -(log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1) * advantages).sum()
+    action_log_probs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    if acting_log_probs is None:
+        policy_loss = -(action_log_probs * advantages).sum()
+    else:
+        ratio = torch.exp(action_log_probs - acting_log_probs)
+        policy_loss = -torch.min(ratio * advantages,
+                                 torch.clamp(ratio, 1 - clip_ratio, 1 + clip_ratio) * advantages).sum()
     entropy = -(log_probs.exp() * log_probs).sum()
     value_loss = 0.5 * (returns - value).pow(2).sum()
     return (policy_loss - entropy_coef * entropy_scale * entropy + value_loss_coef * value_loss) / batch

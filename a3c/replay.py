@@ -76,7 +76,8 @@ class ReplayTape:
     layer; image activations channels-last, the layout the convolutions take), the acting copy of
     the body's weights in the run's number format, and the check that the update replays the
     weights that acted: `start` before a rollout, `act` once per step, `record` at most once after
-    the steps (an auxiliary batch, differentiated in the same backward), then `replay` once.
+    the steps (an auxiliary batch, differentiated in the same backward), then `replay` once; for a
+    further pass over the same steps under new weights, `reencode`, then `replay` again.
     """
 
     def __init__(self, model: ActorCritic, steps: int, batch: int, dtype: torch.dtype,
@@ -135,6 +136,17 @@ class ReplayTape:
         first = self.steps * self.batch
         self.model.encode(obs, self.weights, [layer[first:first + len(obs)] for layer in self.layers])
         self.recorded = len(obs)
+
+    @torch.no_grad()
+    def reencode(self) -> None:
+        """The recorded steps' inputs again, through the model's current weights (copied in since the
+        rollout): the next replay differentiates the rollout under those weights, a further pass
+        over the same steps. A batch recorded past them is dropped."""
+        self.weights = self.model.body_weights(self.dtype)
+        self.acted_with = self._weights_version()
+        self.recorded = 0
+        rows = self.steps * self.batch
+        self.model.encode_scaled(self.layers[0][:rows], self.weights, [layer[:rows] for layer in self.layers])
 
     def active_units(self) -> float:
         """The fraction of the body's last layer's units that fired (output above zero) on some

@@ -99,6 +99,7 @@ class Rollout:
     next_values: torch.Tensor
     terminated: torch.Tensor
     ended: torch.Tensor
+    acting_log_probs: torch.Tensor  # log pi(a_t | s_t) of the policy that acted: further passes' ratio
     initial_state: LstmState | None = None
     steps: int = 0
 
@@ -108,7 +109,7 @@ class Rollout:
         def zeros(kind: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.zeros((steps, batch), dtype=kind)
 
-        return cls(tape, zeros(torch.int64), zeros(), zeros(), zeros(), zeros(torch.bool), zeros(torch.bool))
+        return cls(tape, zeros(torch.int64), zeros(), zeros(), zeros(), zeros(torch.bool), zeros(torch.bool), zeros())
 
     def replay(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The acting passes' logits (T, B, A) and values (T, B), and the features of the batch the
@@ -121,7 +122,7 @@ class Rollout:
         """The first `steps` steps (a rollout cut short by the stop signal is shorter)."""
         n = self.steps
         return Rollout(self.tape, self.actions[:n], self.rewards[:n], self.values[:n], self.next_values[:n],
-                       self.terminated[:n], self.ended[:n], self.initial_state, n)
+                       self.terminated[:n], self.ended[:n], self.acting_log_probs[:n], self.initial_state, n)
 
 
 @dataclass
@@ -158,7 +159,11 @@ class AdvantageScale:
         """Take in one update's advantages; the scale so far, theirs included."""
         self.updates += 1
         self.mean_square = self.DECAY * self.mean_square + (1 - self.DECAY) * float(advantages.pow(2).mean())
-        return math.sqrt(self.mean_square / (1 - self.DECAY ** self.updates))
+        return self.scale()
+
+    def scale(self) -> float:
+        """The scale so far (a further pass over a rollout takes its advantages in no second time)."""
+        return math.sqrt(self.mean_square / (1 - self.DECAY ** self.updates)) if self.updates else math.nan
 
     @classmethod
     def entropy_factor(cls, scale: float) -> float:
@@ -175,10 +180,13 @@ class EpisodeRecord:
 
 
 def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, config: Config,
-             advantage_scale: AdvantageScale | None = None) -> tuple[torch.Tensor, UpdateStats]:
+             advantage_scale: AdvantageScale | None = None, further_pass: bool = False
+             ) -> tuple[torch.Tensor, UpdateStats]:
     """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs,
     and its terms for the logs (grad_norm and applied to be filled in after the backward pass). With
-    `advantage_scale` (entropy_relative) the entropy bonus is multiplied by its entropy_factor.
+    `advantage_scale` (entropy_relative) the entropy bonus is multiplied by its entropy_factor. In a
+    `further_pass` over the rollout (rollout_passes) the policy's term is PPO's clipped surrogate,
+    its ratio to the policy that acted, and the advantage scale takes in no advantages again.
 
     The logits and values are the acting passes' own, replayed from the rollout's tape
     (Rollout.replay): the update's backward pass runs batched over the whole rollout, in the run's
@@ -193,9 +201,14 @@ def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, confi
     batch = rollout.actions.shape[1]
     entropy_coef, scale = config.entropy_coef, math.nan
     if advantage_scale is not None:
-        scale = advantage_scale(advantages)
+        scale = advantage_scale.scale() if further_pass else advantage_scale(advantages)
         entropy_coef *= AdvantageScale.entropy_factor(scale)
-    policy_loss = -(action_log_probs * advantages).sum() / batch
+    if further_pass:
+        ratio = (action_log_probs - rollout.acting_log_probs).exp()
+        clipped = ratio.clamp(1 - config.clip_ratio, 1 + config.clip_ratio)
+        policy_loss = -torch.minimum(ratio * advantages, clipped * advantages).sum() / batch
+    else:
+        policy_loss = -(action_log_probs * advantages).sum() / batch
     residual = returns - values
     value_loss = 0.5 * residual.pow(2).sum() / batch
     entropy = -(log_probs.exp() * log_probs).sum() / batch
@@ -334,7 +347,7 @@ class Worker:
     def _play(self, rollout: Rollout) -> None:
         tape, obs_storage, envs, reward_memory = rollout.tape, self.obs_storage, self.envs, self.reward_memory
         # Per-step writes go through numpy views of the tensors: far cheaper than tensor indexing.
-        actions_np, values_np = rollout.actions.numpy(), rollout.values.numpy()
+        actions_np, values_np, log_probs_np = rollout.actions.numpy(), rollout.values.numpy(), rollout.acting_log_probs.numpy()
         rewards_np, terminated_np, ended_np = rollout.rewards.numpy(), rollout.terminated.numpy(), rollout.ended.numpy()
         gumbel_noise = self.rng.gumbel(size=(self.config.t_max, len(envs), self.n_actions))
         truncated_values: list[tuple[int, int, float]] = []  # (step, env, V(final observation))
@@ -343,6 +356,7 @@ class Worker:
             logits, value, self.state = tape.act(self.obs, self.state)
             actions = sample_actions(logits, gumbel_noise[t])
             actions_np[t], values_np[t] = actions, value.numpy()
+            log_probs_np[t] = F.log_softmax(logits, dim=-1).numpy()[np.arange(len(actions)), actions]
             rewards, terminals, ends = [], [], []  # written to the rollout once per step
             for b, (env, action) in enumerate(zip(envs, actions.tolist(), strict=True)):
                 obs, reward, terminated, truncated, info = env.step(action)
@@ -405,13 +419,26 @@ class Worker:
 
     def update(self, rollout: Rollout) -> UpdateStats:
         """Compute this rollout's gradient (with reward prediction's, if on) and hand exactly it to
-        the shared optimizer. Reward prediction's batch goes through the tape after the rollout's
+        the shared optimizer; then, for each further pass (rollout_passes), copy the shared weights
+        again and hand over the rollout's gradient under them. The first pass's statistics."""
+        stats = self.step(rollout)
+        for _ in range(self.config.rollout_passes - 1):
+            if self.shared.stop_requested():
+                break
+            self.sync_weights()
+            rollout.tape.reencode()
+            self.step(rollout, further_pass=True)
+        return stats
+
+    def step(self, rollout: Rollout, further_pass: bool = False) -> UpdateStats:
+        """One step of the shared optimizer along the rollout's gradient under the local weights.
+        Reward prediction's batch (first passes only) goes through the tape after the rollout's
         steps, so one batched backward differentiates both."""
-        batch = None if self.reward_memory is None else self.reward_memory.sample(self.rng)
+        batch = None if self.reward_memory is None or further_pass else self.reward_memory.sample(self.rng)
         if batch is not None:
             rollout.tape.record(batch[0])
         logits, values, batch_features = rollout.replay()
-        loss, stats = a3c_loss(rollout, logits, values, self.config, self.advantage_scale)
+        loss, stats = a3c_loss(rollout, logits, values, self.config, self.advantage_scale, further_pass)
         if batch is not None:
             prediction_loss, stats.reward_prediction_accuracy = reward_prediction_loss(
                 self.model, batch_features, batch[1])

@@ -79,18 +79,20 @@ def recorded_worker(config: Config) -> tuple[Worker, RecordingOptimizer, list[to
 
 def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observations: list[torch.Tensor],
                        config: Config, reward_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       entropy_scale: float = 1.0) -> torch.Tensor:
+                       entropy_scale: float = 1.0, further_pass: bool = False) -> torch.Tensor:
     """a3c/reference.py's gradient of the rollout (and of reward prediction on `reward_batch`, if
-    given), with a fresh copy of the model holding the weights that acted, its body in the number
-    format the worker acts in, and the entropy bonus multiplied by `entropy_scale`."""
+    given), with a fresh copy of the model holding `weights` (those that acted, unless in a
+    `further_pass`), its body in the number format the worker acts in, and the entropy bonus
+    multiplied by `entropy_scale`."""
     fresh = copy.deepcopy(model)
     torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
     state = None if rollout.initial_state is None else tuple(s.clone() for s in rollout.initial_state)
     body_dtype = DTYPES[config.network_precision]
+    acting = (rollout.values, rollout.acting_log_probs) if further_pass else (None, None)
     loss = reference.a3c_loss(fresh, observations[:rollout.steps], state, rollout.actions, rollout.rewards,
                               rollout.next_values, rollout.terminated, rollout.ended, config.gamma,
                               config.gae_lambda, config.entropy_coef, config.value_loss_coef, body_dtype,
-                              entropy_scale)
+                              entropy_scale, *acting, config.clip_ratio)
     if reward_batch is not None:
         loss = loss + config.reward_prediction_coef * reference.reward_prediction_loss(fresh, *reward_batch, body_dtype)
     return reference.gradient(fresh, loss)
@@ -200,6 +202,96 @@ def test_with_a_relative_entropy_bonus_an_update_hands_over_its_own_gradient(pre
     assert len(entropy_scales) == 3 and max(abs(scale - 1.0) for scale in entropy_scales) > 0.1  # the scale shows
     for received, expected in zip(recorder.received, references, strict=True):
         assert_same_gradient(received, expected, precision, worker.model)
+
+
+def acting_log_probs_at(model, weights: torch.Tensor, observations: list[torch.Tensor], actions: torch.Tensor,
+                        dtype: torch.dtype) -> torch.Tensor:
+    """log pi(a_t | s_t) of a feedforward model holding `weights`, step by step."""
+    fresh = copy.deepcopy(model)
+    torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
+    with torch.no_grad():
+        logits = torch.stack([fresh.core(fresh.encode(obs, fresh.body_weights(dtype)), None)[0]
+                              for obs in observations])
+    return torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("lstm", [False, True], ids=["feedforward", "lstm"])
+def test_each_further_pass_hands_over_its_rollout_s_gradient_under_the_weights_it_copied(lstm, precision):
+    # A large rate, so that the policy moves past the clip within the passes and the clip is tested.
+    config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-2, envs_per_worker=2, lstm=lstm,
+                    precision=precision, rollout_passes=3, clip_ratio=0.1, reward_prediction_coef=0.5,
+                    max_grad_norm=1e9)
+    worker, recorder, observations = recorded_worker(config)
+    assert worker.reward_memory is not None
+    worker.reward_memory.add(worker.obs_storage[0], 100.0)  # reward prediction on from the first update
+    drawn: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+    def recording_sample(rng, size=REWARD_BATCH, sample=worker.reward_memory.sample):
+        drawn.append(sample(rng, size))
+        return drawn[-1]
+    worker.reward_memory.sample = recording_sample
+    weights_stepped: list[torch.Tensor] = []  # the shared weights before each step: one worker, so its copy's
+    step = recorder.step
+    def recording_step(grads, lr=None):
+        weights_stepped.append(worker.shared.params.clone())
+        step(grads, lr)
+    recorder.step = recording_step
+    body_dtype = DTYPES[config.network_precision]
+    moved_past_clip = False
+    for rollout_index in range(2):
+        worker.sync_weights()
+        observations.clear()
+        rollout = worker.collect()
+        stats = worker.update(rollout)
+        passes = weights_stepped[3 * rollout_index:]
+        assert len(passes) == 3 and len(drawn) == rollout_index + 1  # one reward batch a rollout: the first pass's
+        scale = entropy_scale_of(stats, config)
+        received = recorder.received[3 * rollout_index:]
+        assert_same_gradient(received[0], reference_gradient(worker.model, passes[0], rollout, observations, config,
+                                                             drawn[-1], scale), precision, worker.model)
+        for weights, gradient in zip(passes[1:], received[1:], strict=True):
+            assert relative_error(weights, passes[0]) > 0  # each pass copied the weights the last one stepped
+            expected = reference_gradient(worker.model, weights, rollout, observations, config, None, scale,
+                                          further_pass=True)
+            assert_same_gradient(gradient, expected, precision, worker.model)
+        if not lstm:
+            steps = observations[:rollout.steps]
+            acted = acting_log_probs_at(worker.model, passes[0], steps, rollout.actions, body_dtype)
+            assert torch.allclose(rollout.acting_log_probs, acted, atol=1e-4)
+            ratio = (acting_log_probs_at(worker.model, passes[2], steps, rollout.actions, body_dtype) - acted).exp()
+            moved_past_clip |= bool(((ratio - 1).abs() > config.clip_ratio).any())
+    worker.close()
+    assert lstm or moved_past_clip
+
+
+def test_a_further_pass_s_loss_is_the_clipped_surrogate_and_its_first_the_a3c_loss():
+    config = Config(env_id="CartPole-v1", workers=1, t_max=8, envs_per_worker=3, precision="float32",
+                    clip_ratio=0.2)
+    obs_shape, n_actions = env_spaces(config)
+    shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
+    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
+    worker.sync_weights()
+    rollout = worker.collect()
+    worker.close()
+    logits, values, _ = rollout.replay()
+    _, advantages = returns_and_advantages(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
+                                           rollout.ended, config.gamma, config.gae_lambda)
+    log_probs = torch.log_softmax(logits, -1).gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1)
+    # Under the weights that acted the ratio is 1: both losses have the same gradient.
+    first, _ = a3c_loss(rollout, logits, values, config)
+    further, _ = a3c_loss(rollout, logits, values, config, further_pass=True)
+    gradients = [torch.autograd.grad(loss, logits, retain_graph=True)[0] for loss in (first, further)]
+    assert torch.allclose(gradients[0], gradients[1], atol=1e-6)
+    # A policy moved by +0.5 in log-probability: the ratio counts up to 1.2 where the advantage is positive.
+    moved = replace(rollout, acting_log_probs=log_probs.detach() - 0.5)
+    surrogate = torch.minimum(math.exp(0.5) * advantages, 1.2 * advantages).sum() / 3
+    difference = float((a3c_loss(moved, logits, values, config, further_pass=True)[0] - first).detach())
+    expected = float((-surrogate + (log_probs * advantages).sum() / 3).detach())
+    assert difference == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    with pytest.raises(ConfigError, match="clip_ratio"):
+        validate(replace(config, clip_ratio=0.0))
+    with pytest.raises(ConfigError, match="rollout_passes"):
+        validate(replace(config, rollout_passes=0))
 
 
 def test_the_advantage_scale_is_the_bias_corrected_moving_root_mean_square():
