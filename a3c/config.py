@@ -100,11 +100,8 @@ class Config:
     rollout_passes: int = field(default=1, metadata=_help(
         "steps on each rollout: after the first, the worker copies the shared weights again and steps on the "
         "same rollout with PPO's clipped ratio to the policy that acted; 1 is A3C"))
-    update_on_fresh_weights: bool = field(default=False, metadata=_help(
-        "copy the shared weights again just before the update, so that its gradient is taken where it lands; "
-        "the policy's term then PPO's clipped ratio to the policy that acted"))
     clip_ratio: float = field(default=0.1, metadata=_help(
-        "how far from 1 that probability ratio counts (PPO's clip)"))
+        "how far from 1 the further passes' probability ratio counts (PPO's clip)"))
     optimizer: str = field(default="adam", metadata=_help(
         "the shared optimizer: adam, or rmsprop (the A3C paper's shared RMSProp)"))
     lr: float | None = field(default=None, metadata=_help(
@@ -253,10 +250,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "environment": ("env_id", "screen_size", "frame_skip", "frame_stack", "noop_max", "sticky_actions",
                     "terminal_on_life_loss", "max_episode_frames", "reward_transform", "reward_scale"),
     "network": ("body", "frame_norm", "lstm", "mlp_hidden", "precision"),
-    "optimisation": ("workers", "envs_per_worker", "t_max", "rollout_passes", "update_on_fresh_weights",
-                     "clip_ratio", "optimizer", "lr", "lr_anneal", "adam_beta1", "adam_beta2", "adam_eps",
-                     "rmsprop_alpha", "rmsprop_eps", "gamma", "gae_lambda", "entropy_coef", "entropy_relative",
-                     "reward_prediction_coef", "value_loss_coef", "max_grad_norm"),
+    "optimisation": ("workers", "envs_per_worker", "t_max", "rollout_passes", "clip_ratio", "optimizer", "lr",
+                     "lr_anneal", "adam_beta1", "adam_beta2", "adam_eps", "rmsprop_alpha", "rmsprop_eps", "gamma",
+                     "gae_lambda", "entropy_coef", "entropy_relative", "reward_prediction_coef", "value_loss_coef",
+                     "max_grad_norm"),
     "evaluation and checkpoints": ("eval_interval", "eval_every_frames", "eval_episodes", "eval_cpu_share",
                                    "eval_device", "eval_greedy", "checkpoint_interval"),
     "run control": ("total_frames", "time_limit", "seed", "runs_dir", "run_name", "status_interval",

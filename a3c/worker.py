@@ -180,14 +180,13 @@ class EpisodeRecord:
 
 
 def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, config: Config,
-             advantage_scale: AdvantageScale | None = None, under_new_weights: bool = False,
-             first_pass: bool = True) -> tuple[torch.Tensor, UpdateStats]:
+             advantage_scale: AdvantageScale | None = None, further_pass: bool = False
+             ) -> tuple[torch.Tensor, UpdateStats]:
     """loss = policy loss - beta * entropy + c * value loss, summed over time, averaged over envs,
     and its terms for the logs (grad_norm and applied to be filled in after the backward pass). With
-    `advantage_scale` (entropy_relative) the entropy bonus is multiplied by its entropy_factor; it
-    takes in the advantages on the rollout's `first_pass` only (rollout_passes). `under_new_weights`
-    (copied since the rollout: a further pass, or update_on_fresh_weights): the policy's term is
-    PPO's clipped surrogate, its ratio to the policy that acted.
+    `advantage_scale` (entropy_relative) the entropy bonus is multiplied by its entropy_factor. In a
+    `further_pass` over the rollout (rollout_passes) the policy's term is PPO's clipped surrogate,
+    its ratio to the policy that acted, and the advantage scale takes in no advantages again.
 
     The logits and values are the acting passes' own, replayed from the rollout's tape
     (Rollout.replay): the update's backward pass runs batched over the whole rollout, in the run's
@@ -202,9 +201,9 @@ def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, confi
     batch = rollout.actions.shape[1]
     entropy_coef, scale = config.entropy_coef, math.nan
     if advantage_scale is not None:
-        scale = advantage_scale(advantages) if first_pass else advantage_scale.scale()
+        scale = advantage_scale.scale() if further_pass else advantage_scale(advantages)
         entropy_coef *= AdvantageScale.entropy_factor(scale)
-    if under_new_weights:
+    if further_pass:
         ratio = (action_log_probs - rollout.acting_log_probs).exp()
         clipped = ratio.clamp(1 - config.clip_ratio, 1 + config.clip_ratio)
         policy_loss = -torch.minimum(ratio * advantages, clipped * advantages).sum() / batch
@@ -420,33 +419,26 @@ class Worker:
 
     def update(self, rollout: Rollout) -> UpdateStats:
         """Compute this rollout's gradient (with reward prediction's, if on) and hand exactly it to
-        the shared optimizer, under the weights that acted or, with update_on_fresh_weights, under
-        the shared weights copied again; then, for each further pass (rollout_passes), copy them
+        the shared optimizer; then, for each further pass (rollout_passes), copy the shared weights
         again and hand over the rollout's gradient under them. The first pass's statistics."""
-        stats = None
-        for index in range(self.config.rollout_passes):
-            first = index == 0
-            recopy = not first or self.config.update_on_fresh_weights
-            if recopy:
-                if not first and self.shared.stop_requested():
-                    break
-                self.sync_weights()
-                rollout.tape.reencode()
-            pass_stats = self.step(rollout, first, under_new_weights=recopy)
-            stats = pass_stats if first else stats
-        assert stats is not None
+        stats = self.step(rollout)
+        for _ in range(self.config.rollout_passes - 1):
+            if self.shared.stop_requested():
+                break
+            self.sync_weights()
+            rollout.tape.reencode()
+            self.step(rollout, further_pass=True)
         return stats
 
-    def step(self, rollout: Rollout, first_pass: bool = True, under_new_weights: bool = False) -> UpdateStats:
+    def step(self, rollout: Rollout, further_pass: bool = False) -> UpdateStats:
         """One step of the shared optimizer along the rollout's gradient under the local weights.
         Reward prediction's batch (first passes only) goes through the tape after the rollout's
         steps, so one batched backward differentiates both."""
-        batch = None if self.reward_memory is None or not first_pass else self.reward_memory.sample(self.rng)
+        batch = None if self.reward_memory is None or further_pass else self.reward_memory.sample(self.rng)
         if batch is not None:
             rollout.tape.record(batch[0])
         logits, values, batch_features = rollout.replay()
-        loss, stats = a3c_loss(rollout, logits, values, self.config, self.advantage_scale, under_new_weights,
-                               first_pass)
+        loss, stats = a3c_loss(rollout, logits, values, self.config, self.advantage_scale, further_pass)
         if batch is not None:
             prediction_loss, stats.reward_prediction_accuracy = reward_prediction_loss(
                 self.model, batch_features, batch[1])

@@ -79,16 +79,16 @@ def recorded_worker(config: Config) -> tuple[Worker, RecordingOptimizer, list[to
 
 def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observations: list[torch.Tensor],
                        config: Config, reward_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-                       entropy_scale: float = 1.0, under_new_weights: bool = False) -> torch.Tensor:
+                       entropy_scale: float = 1.0, further_pass: bool = False) -> torch.Tensor:
     """a3c/reference.py's gradient of the rollout (and of reward prediction on `reward_batch`, if
-    given), with a fresh copy of the model holding `weights` (those that acted, unless
-    `under_new_weights`: then the policy's term is the clipped ratio to those that acted), its body in the number format the worker acts in, and the entropy bonus
+    given), with a fresh copy of the model holding `weights` (those that acted, unless in a
+    `further_pass`: then the policy's term is the clipped ratio to those that acted), its body in the number format the worker acts in, and the entropy bonus
     multiplied by `entropy_scale`."""
     fresh = copy.deepcopy(model)
     torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
     state = None if rollout.initial_state is None else tuple(s.clone() for s in rollout.initial_state)
     body_dtype = DTYPES[config.network_precision]
-    acting = (rollout.values, rollout.acting_log_probs) if under_new_weights else (None, None)
+    acting = (rollout.values, rollout.acting_log_probs) if further_pass else (None, None)
     loss = reference.a3c_loss(fresh, observations[:rollout.steps], state, rollout.actions, rollout.rewards,
                               rollout.next_values, rollout.terminated, rollout.ended, config.gamma,
                               config.gae_lambda, config.entropy_coef, config.value_loss_coef, body_dtype,
@@ -215,14 +215,13 @@ def acting_log_probs_at(model, weights: torch.Tensor, observations: list[torch.T
     return torch.log_softmax(logits, -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 
 
-@pytest.mark.parametrize("lstm,fresh,precision", [
-    (False, False, "float32"), (False, False, "bfloat16"), (False, True, "float32"), (False, True, "bfloat16"),
-    (True, True, "float32")], ids=["float32", "bfloat16", "fresh-float32", "fresh-bfloat16", "lstm-fresh-float32"])
-def test_each_pass_hands_over_its_rollout_s_gradient_under_the_weights_it_copied(lstm, fresh, precision):
+@pytest.mark.parametrize("lstm,precision", [(False, "float32"), (False, "bfloat16"), (True, "float32")],
+                         ids=["float32", "bfloat16", "lstm-float32"])
+def test_each_pass_hands_over_its_rollout_s_gradient_under_the_weights_it_copied(lstm, precision):
     # A large rate, so that the policy moves past the clip within the passes and the clip is tested.
     config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-2, envs_per_worker=2, lstm=lstm,
-                    precision=precision, rollout_passes=3, update_on_fresh_weights=fresh, clip_ratio=0.1,
-                    reward_prediction_coef=0.5, max_grad_norm=1e9)
+                    precision=precision, rollout_passes=3, clip_ratio=0.1, reward_prediction_coef=0.5,
+                    max_grad_norm=1e9)
     worker, recorder, observations = recorded_worker(config)
     assert worker.reward_memory is not None
     worker.reward_memory.add(worker.obs_storage[0], 100.0)  # reward prediction on from the first update
@@ -252,16 +251,14 @@ def test_each_pass_hands_over_its_rollout_s_gradient_under_the_weights_it_copied
         assert len(passes) == 3 and len(drawn) == rollout_index + 1  # one reward batch a rollout: the first pass's
         scale = entropy_scale_of(stats, config)
         received = recorder.received[3 * rollout_index:]
-        # The first pass under the weights that acted, or (fresh) under those the other worker moved.
+        # The first pass under the weights that acted, though the other worker's step moved the shared ones.
         assert not torch.equal(passes[0], acting_weights)
-        first_weights = passes[0] if fresh else acting_weights
-        assert_same_gradient(received[0], reference_gradient(worker.model, first_weights, rollout, observations,
-                                                             config, drawn[-1], scale, under_new_weights=fresh),
-                             precision, worker.model)
+        assert_same_gradient(received[0], reference_gradient(worker.model, acting_weights, rollout, observations,
+                                                             config, drawn[-1], scale), precision, worker.model)
         for weights, gradient in zip(passes[1:], received[1:], strict=True):
             assert relative_error(weights, passes[0]) > 0  # each pass copied the weights the last one stepped
             expected = reference_gradient(worker.model, weights, rollout, observations, config, None, scale,
-                                          under_new_weights=True)
+                                          further_pass=True)
             assert_same_gradient(gradient, expected, precision, worker.model)
         if not lstm:
             steps = observations[:rollout.steps]
@@ -288,13 +285,13 @@ def test_a_further_pass_s_loss_is_the_clipped_surrogate_and_its_first_the_a3c_lo
     log_probs = torch.log_softmax(logits, -1).gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1)
     # Under the weights that acted the ratio is 1: both losses have the same gradient.
     first, _ = a3c_loss(rollout, logits, values, config)
-    further, _ = a3c_loss(rollout, logits, values, config, under_new_weights=True)
+    further, _ = a3c_loss(rollout, logits, values, config, further_pass=True)
     gradients = [torch.autograd.grad(loss, logits, retain_graph=True)[0] for loss in (first, further)]
     assert torch.allclose(gradients[0], gradients[1], atol=1e-6)
     # A policy moved by +0.5 in log-probability: the ratio counts up to 1.2 where the advantage is positive.
     moved = replace(rollout, acting_log_probs=log_probs.detach() - 0.5)
     surrogate = torch.minimum(math.exp(0.5) * advantages, 1.2 * advantages).sum() / 3
-    difference = float((a3c_loss(moved, logits, values, config, under_new_weights=True)[0] - first).detach())
+    difference = float((a3c_loss(moved, logits, values, config, further_pass=True)[0] - first).detach())
     expected = float((-surrogate + (log_probs * advantages).sum() / 3).detach())
     assert difference == pytest.approx(expected, rel=1e-4, abs=1e-6)
     with pytest.raises(ConfigError, match="clip_ratio"):
