@@ -270,15 +270,21 @@ def test_each_pass_hands_over_its_rollout_s_gradient_under_the_weights_it_copied
     assert lstm or moved_past_clip
 
 
-def test_a_further_pass_s_loss_is_the_clipped_surrogate_and_its_first_the_a3c_loss():
-    config = Config(env_id="CartPole-v1", workers=1, t_max=8, envs_per_worker=3, precision="float32",
-                    clip_ratio=0.2)
+def one_rollout(config: Config) -> Rollout:
+    """One rollout played by a worker on fresh shared weights."""
     obs_shape, n_actions = env_spaces(config)
     shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
     worker = Worker(0, config, shared, seed_stream(config.seed, 0))
     worker.sync_weights()
     rollout = worker.collect()
     worker.close()
+    return rollout
+
+
+def test_a_further_pass_s_loss_is_the_clipped_surrogate_and_its_first_the_a3c_loss():
+    config = Config(env_id="CartPole-v1", workers=1, t_max=8, envs_per_worker=3, precision="float32",
+                    clip_ratio=0.2)
+    rollout = one_rollout(config)
     logits, values, _ = rollout.replay()
     _, advantages = returns_and_advantages(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                                            rollout.ended, config.gamma, config.gae_lambda)
@@ -370,12 +376,7 @@ def test_reward_prediction_is_on_by_default_and_off_in_presets_and_runs_saved_wi
 
 def test_the_explained_variance_is_that_of_the_reported_updates_returns():
     config = Config(env_id="CartPole-v1", workers=1, t_max=8, envs_per_worker=3, precision="float32")
-    obs_shape, n_actions = env_spaces(config)
-    shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
-    worker = Worker(0, config, shared, seed_stream(config.seed, 0))
-    worker.sync_weights()
-    rollout = worker.collect()
-    worker.close()
+    rollout = one_rollout(config)
     returns, _ = returns_and_advantages(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                                         rollout.ended, config.gamma, config.gae_lambda)
     _, terms = a3c_loss(rollout, *rollout.replay()[:2], config)
