@@ -99,9 +99,11 @@ class Rollout:
     next_values: torch.Tensor
     terminated: torch.Tensor
     ended: torch.Tensor
-    acting_log_probs: torch.Tensor  # log pi(a_t | s_t) of the policy that acted: further passes' ratio
     initial_state: LstmState | None = None
     steps: int = 0
+    # log pi(a_t | s_t) of the policy that acted, the further passes' ratio's denominator: taken from
+    # the first pass's replay (the acting passes' own logits) where rollout_passes asks for it.
+    acting_log_probs: torch.Tensor | None = None
 
     @classmethod
     def allocate(cls, tape: ReplayTape, steps: int, batch: int) -> Rollout:
@@ -109,7 +111,7 @@ class Rollout:
         def zeros(kind: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.zeros((steps, batch), dtype=kind)
 
-        return cls(tape, zeros(torch.int64), zeros(), zeros(), zeros(), zeros(torch.bool), zeros(torch.bool), zeros())
+        return cls(tape, zeros(torch.int64), zeros(), zeros(), zeros(), zeros(torch.bool), zeros(torch.bool))
 
     def replay(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The acting passes' logits (T, B, A) and values (T, B), and the features of the batch the
@@ -122,7 +124,7 @@ class Rollout:
         """The first `steps` steps (a rollout cut short by the stop signal is shorter)."""
         n = self.steps
         return Rollout(self.tape, self.actions[:n], self.rewards[:n], self.values[:n], self.next_values[:n],
-                       self.terminated[:n], self.ended[:n], self.acting_log_probs[:n], self.initial_state, n)
+                       self.terminated[:n], self.ended[:n], self.initial_state, n)
 
 
 @dataclass
@@ -204,6 +206,7 @@ def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, confi
         scale = advantage_scale.scale() if further_pass else advantage_scale(advantages)
         entropy_coef *= AdvantageScale.entropy_factor(scale)
     if further_pass:
+        assert rollout.acting_log_probs is not None, "the first pass keeps the acting policy's log-probabilities"
         ratio = (action_log_probs - rollout.acting_log_probs).exp()
         clipped = ratio.clamp(1 - config.clip_ratio, 1 + config.clip_ratio)
         policy_loss = -torch.minimum(ratio * advantages, clipped * advantages).sum() / batch
@@ -347,7 +350,7 @@ class Worker:
     def _play(self, rollout: Rollout) -> None:
         tape, obs_storage, envs, reward_memory = rollout.tape, self.obs_storage, self.envs, self.reward_memory
         # Per-step writes go through numpy views of the tensors: far cheaper than tensor indexing.
-        actions_np, values_np, log_probs_np = rollout.actions.numpy(), rollout.values.numpy(), rollout.acting_log_probs.numpy()
+        actions_np, values_np = rollout.actions.numpy(), rollout.values.numpy()
         rewards_np, terminated_np, ended_np = rollout.rewards.numpy(), rollout.terminated.numpy(), rollout.ended.numpy()
         gumbel_noise = self.rng.gumbel(size=(self.config.t_max, len(envs), self.n_actions))
         truncated_values: list[tuple[int, int, float]] = []  # (step, env, V(final observation))
@@ -356,7 +359,6 @@ class Worker:
             logits, value, self.state = tape.act(self.obs, self.state)
             actions = sample_actions(logits, gumbel_noise[t])
             actions_np[t], values_np[t] = actions, value.numpy()
-            log_probs_np[t] = F.log_softmax(logits, dim=-1).numpy()[np.arange(len(actions)), actions]
             rewards, terminals, ends = [], [], []  # written to the rollout once per step
             for b, (env, action) in enumerate(zip(envs, actions.tolist(), strict=True)):
                 obs, reward, terminated, truncated, info = env.step(action)
@@ -438,6 +440,9 @@ class Worker:
         if batch is not None:
             rollout.tape.record(batch[0])
         logits, values, batch_features = rollout.replay()
+        if not further_pass and self.config.rollout_passes > 1:  # the replay's logits are the acting passes'
+            rollout.acting_log_probs = F.log_softmax(logits.detach(), dim=-1).gather(
+                -1, rollout.actions.unsqueeze(-1)).squeeze(-1)
         loss, stats = a3c_loss(rollout, logits, values, self.config, self.advantage_scale, further_pass)
         if batch is not None:
             prediction_loss, stats.reward_prediction_accuracy = reward_prediction_loss(

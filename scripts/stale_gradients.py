@@ -89,10 +89,9 @@ class TurnTakingWorker:
         self.rollout = self.worker.collect()
 
     def entropy_scale(self) -> float:
+        """What the worker's next update multiplies its entropy bonus by (1 before any update)."""
         scale = self.worker.advantage_scale
-        if scale is None or scale.updates == 0:
-            return 1.0
-        return AdvantageScale.entropy_factor(math.sqrt(scale.mean_square / (1 - scale.DECAY ** scale.updates)))
+        return 1.0 if scale is None else AdvantageScale.entropy_factor(scale.scale())
 
     def gradient_at(self, model: torch.nn.Module, weights: torch.Tensor, config: Config) -> torch.Tensor:
         """reference.py's A3C-loss gradient of the played rollout, with `weights` in `model`."""

@@ -82,8 +82,8 @@ def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observati
                        entropy_scale: float = 1.0, further_pass: bool = False) -> torch.Tensor:
     """a3c/reference.py's gradient of the rollout (and of reward prediction on `reward_batch`, if
     given), with a fresh copy of the model holding `weights` (those that acted, unless in a
-    `further_pass`: then the policy's term is the clipped ratio to those that acted), its body in the number format the worker acts in, and the entropy bonus
-    multiplied by `entropy_scale`."""
+    `further_pass`: then the policy's term is the clipped ratio to those that acted), its body in the
+    number format the worker acts in, and the entropy bonus multiplied by `entropy_scale`."""
     fresh = copy.deepcopy(model)
     torch.nn.utils.vector_to_parameters(weights.clone(), fresh.parameters())
     state = None if rollout.initial_state is None else tuple(s.clone() for s in rollout.initial_state)
@@ -289,6 +289,7 @@ def test_a_further_pass_s_loss_is_the_clipped_surrogate_and_its_first_the_a3c_lo
     _, advantages = returns_and_advantages(rollout.rewards, rollout.values, rollout.next_values, rollout.terminated,
                                            rollout.ended, config.gamma, config.gae_lambda)
     log_probs = torch.log_softmax(logits, -1).gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1)
+    rollout.acting_log_probs = log_probs.detach()  # as the worker's first pass keeps them
     # Under the weights that acted the ratio is 1: both losses have the same gradient.
     first, _ = a3c_loss(rollout, logits, values, config)
     further, _ = a3c_loss(rollout, logits, values, config, further_pass=True)
