@@ -122,6 +122,7 @@ class RunLogger:
         if initial_frames > 0:  # a resume: what came after its checkpoint is trained again
             for path in (self.episodes_path, run_dir / EVALUATIONS_CSV):
                 self._write(path, partial(self._drop_rows_after, path, initial_frames))
+            self._recall_recent_episodes()
         self._write(self.episodes_path, self._open_episodes)
         if tensorboard:
             self._write(self.tensorboard_dir, self._open_tensorboard)
@@ -141,6 +142,18 @@ class RunLogger:
         if dropped:
             self.message(f"{path.name}: {dropped} rows after the checkpoint's {frames:,} frames dropped "
                          "(written before the run was killed; trained again now)")
+
+    def _recall_recent_episodes(self) -> None:
+        """A resume goes on from the last RECENT_EPISODES training episodes the run kept, so its
+        training return (console, TensorBoard) carries on instead of starting from none."""
+        try:
+            rows = [(float(row["return"]), int(row["length"]))
+                    for row in read_rows(self.episodes_path)[-RECENT_EPISODES:]]
+        except (OSError, ValueError, TypeError, KeyError):  # unreadable: the return starts from none
+            return
+        for episode_return, length in rows:
+            self.recent_returns.append(episode_return)
+            self.recent_lengths.append(length)
 
     def _open_episodes(self) -> None:
         self.episodes_file, self.episodes = append_csv(self.episodes_path, EPISODE_FIELDS)

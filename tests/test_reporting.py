@@ -143,7 +143,8 @@ def test_plot_starts_without_torch(tmp_path):
 
 def test_a_resume_drops_the_rows_written_after_its_checkpoint(tmp_path):
     """A run killed (power cut, OOM) after its last checkpoint wrote episodes and evaluations that
-    its resume trains again: they go, with a last row the kill cut short, and the rest stays."""
+    its resume trains again: they go, with a last row the kill cut short, and the rest stays, its
+    last episodes the start of the resumed run's training return."""
     (tmp_path / TRAIN_EPISODES_CSV).write_text(
         "frames,worker,return,length,time\n100,0,1.0,10,1.0\n200,1,2.0,10,2.0\n300,0,3.0,10,3.0\n31")
     (tmp_path / EVALUATIONS_CSV).write_text(
@@ -152,6 +153,7 @@ def test_a_resume_drops_the_rows_written_after_its_checkpoint(tmp_path):
     console = io.StringIO()
     logger = RunLogger(Config(env_id="CartPole-v1"), tmp_path, initial_frames=200, tensorboard=False,
                        stream=console)
+    assert list(logger.recent_returns) == [1.0, 2.0]  # the training return goes on from the kept episodes
     logger.episode(260, 1, 5.0, 10, 0.0)
     logger.close()
     assert logger.write_error is None
