@@ -40,14 +40,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the defaults of earlier versions.
     "tutorial": {"screen_size": 42, "body": "tutorial", "envs_per_worker": 1, "t_max": 20, "lr": 1e-4,
                  "reward_transform": "scale", "terminal_on_life_loss": False, "frame_norm": "scale",
-                 "reward_prediction_coef": 0.0, "entropy_relative": False},
+                 "reward_prediction_coef": 0.0, "entropy_relative": False, "rollout_passes": 1},
     # Mnih et al. 2016's A3C FF: 84x84 frames, the network of Mnih et al. 2013, one environment per
-    # worker, t_max 5, clipped rewards, shared RMSProp (alpha 0.99) with its learning rate annealed
-    # to zero, lives not terminal (the paper names no such step), no auxiliary task, a fixed entropy
-    # weight; it searched the rate per game, 7e-4 is baselines' A2C's.
+    # worker, t_max 5, one step a rollout, clipped rewards, shared RMSProp (alpha 0.99) with its
+    # learning rate annealed to zero, lives not terminal (the paper names no such step), no auxiliary
+    # task, a fixed entropy weight; it searched the rate per game, 7e-4 is baselines' A2C's.
     "paper": {"screen_size": 84, "body": "mnih2013", "envs_per_worker": 1, "t_max": 5, "optimizer": "rmsprop",
               "lr": 7e-4, "lr_anneal": True, "reward_transform": "clip", "terminal_on_life_loss": False,
-              "frame_norm": "scale", "reward_prediction_coef": 0.0, "entropy_relative": False},
+              "frame_norm": "scale", "reward_prediction_coef": 0.0, "entropy_relative": False,
+              "rollout_passes": 1},
 }
 
 
@@ -97,9 +98,9 @@ class Config:
     envs_per_worker: int = field(default=4, metadata=_help(
         "environments per worker, stepped together with one batched forward pass"))
     t_max: int = field(default=5, metadata=_help("steps per rollout: each update learns from t_max x envs_per_worker"))
-    rollout_passes: int = field(default=1, metadata=_help(
+    rollout_passes: int = field(default=2, metadata=_help(
         "steps on each rollout: after the first, the worker copies the shared weights again and steps on the "
-        "same rollout with PPO's clipped ratio to the policy that acted; 1 is A3C"))
+        "same rollout with PPO's clipped ratio to the policy that acted; 1 is the A3C paper's"))
     clip_ratio: float = field(default=0.1, metadata=_help(
         "how far from 1 the further passes' probability ratio counts (PPO's clip)"))
     optimizer: str = field(default="adam", metadata=_help(
@@ -273,7 +274,7 @@ REMOVED: dict[str, tuple[Any, str]] = {
 REMOVED_VALUES = {("frame_norm", "standardize"): "standardized frames lost to background (docs/experiments.md)"}
 # Settings that earlier versions did not save, with the value their runs had (Config.from_saved).
 UNSAVED_BEFORE = {"optimizer": "adam", "terminal_on_life_loss": False, "frame_norm": "scale",
-                  "reward_prediction_coef": 0.0, "entropy_relative": False}
+                  "reward_prediction_coef": 0.0, "entropy_relative": False, "rollout_passes": 1}
 
 
 def read_older(values: dict[str, Any]) -> dict[str, Any]:

@@ -40,13 +40,15 @@ def test_a_run_with_a_removed_setting_is_refused_with_the_reason(setting, value)
 
 
 def test_a_saved_run_without_later_settings_keeps_the_optimizer_and_episodes_it_had():
-    # Runs saved before `optimizer`, `terminal_on_life_loss` and `frame_norm` existed trained with
-    # Adam, on frames scaled to [0, 1], on episodes that only game over ended; read back (to resume
-    # or evaluate), they stay so whatever today's defaults. New settings without them take today's.
+    # Runs saved before `optimizer`, `terminal_on_life_loss`, `frame_norm` and `rollout_passes`
+    # existed trained with Adam, on frames scaled to [0, 1], on episodes that only game over ended,
+    # one step a rollout; read back (to resume or evaluate), they stay so whatever today's defaults.
+    # New settings without them take today's.
     saved = Config().to_dict()
-    del saved["optimizer"], saved["terminal_on_life_loss"], saved["frame_norm"]
+    del saved["optimizer"], saved["terminal_on_life_loss"], saved["frame_norm"], saved["rollout_passes"]
     config = Config.from_saved(saved)
     assert (config.optimizer, config.terminal_on_life_loss, config.frame_norm) == ("adam", False, "scale")
+    assert config.rollout_passes == 1 < Config().rollout_passes
     assert Config.from_saved({**saved, "optimizer": "rmsprop"}).optimizer == "rmsprop"
     assert Config.from_saved({**saved, "terminal_on_life_loss": True}).terminal_on_life_loss is True
     fresh = Config.from_dict(saved)

@@ -4,7 +4,9 @@ The reference gradient is a3c/reference.py's: a fresh model with the weights the
 with, a step-by-step forward pass, and torch.autograd.grad. Two classic A3C bugs fail here:
 gradients accumulating across updates (grads zeroed to None while the shared copy keeps the old
 buffer, or never zeroed), and a shared grad left pointing at the first update's tensor (every later
-update re-applies a stale gradient).
+update re-applies a stale gradient). Tests of the first pass's gradient (the A3C step) set
+rollout_passes=1; test_each_pass_hands_over_its_rollout_s_gradient_under_the_weights_it_copied holds
+every further pass to the reference.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ def assert_same_gradient(received: torch.Tensor, reference: torch.Tensor, precis
     ids=["mlp", "mlp-several-envs", "conv", "conv-several-envs", "conv-background"])
 def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, frame_norm, precision):
     config = Config(env_id=env_id, workers=1, t_max=8, lstm=lstm, lr=1e-3, envs_per_worker=envs,
-                    frame_norm=frame_norm, precision=precision,
+                    frame_norm=frame_norm, precision=precision, rollout_passes=1,
                     max_grad_norm=1e9)  # no clipping: the raw gradient is compared
     worker, recorder, observations = recorded_worker(config)
     references, _, _ = updates_and_their_references(worker, observations, config, 4)
@@ -177,7 +179,7 @@ def test_each_update_hands_over_exactly_its_own_gradient(lstm, envs, env_id, fra
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_with_reward_prediction_an_update_hands_over_its_own_gradient_with_the_task_s(precision):
     config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-3, envs_per_worker=2,
-                    precision=precision, reward_prediction_coef=0.5, max_grad_norm=1e9)
+                    precision=precision, reward_prediction_coef=0.5, rollout_passes=1, max_grad_norm=1e9)
     worker, recorder, observations = recorded_worker(config)
     assert worker.reward_memory is not None
     # One rewarding observation (the rollouts bring unrewarded ones): the task is on from the first update.
@@ -195,7 +197,7 @@ def test_with_a_relative_entropy_bonus_an_update_hands_over_its_own_gradient(pre
     # in every update (at the real reference the factor may well be 1 throughout).
     monkeypatch.setattr(AdvantageScale, "REFERENCE", 100.0)
     config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lr=1e-3, envs_per_worker=2,
-                    precision=precision, entropy_relative=True, max_grad_norm=1e9)
+                    precision=precision, entropy_relative=True, rollout_passes=1, max_grad_norm=1e9)
     worker, recorder, observations = recorded_worker(config)
     references, _, entropy_scales = updates_and_their_references(worker, observations, config, 3)
     worker.close()
@@ -391,7 +393,7 @@ def test_the_explained_variance_is_that_of_the_reported_updates_returns():
 
 
 def test_update_changes_the_shared_weights_by_one_adam_step_of_that_gradient():
-    config = Config(env_id="CartPole-v1", workers=1, t_max=5, lr=1e-2, max_grad_norm=1e9)
+    config = Config(env_id="CartPole-v1", workers=1, t_max=5, lr=1e-2, rollout_passes=1, max_grad_norm=1e9)
     # Seeded: Adam's first step is about lr * sign(g), except where |g| nears its eps, and there the
     # gradient's rounding shows; some weights make such an element.
     torch.manual_seed(0)
@@ -573,7 +575,7 @@ def test_a_lost_life_ends_the_learners_episode_but_not_the_game():
     # holds a lost life: it is terminal for the learner, the game goes on, and the update's gradient is
     # still exactly the reference's.
     config = Config(env_id="ALE/Breakout-v5", workers=1, envs_per_worker=1, t_max=50, lstm=True,
-                    terminal_on_life_loss=True, max_grad_norm=1e9, precision="float32")
+                    terminal_on_life_loss=True, rollout_passes=1, max_grad_norm=1e9, precision="float32")
     obs_shape, n_actions = env_spaces(config)
     shared = SharedTraining.create(build_model(config, obs_shape, n_actions), config)
     worker = Worker(0, config, shared, seed_stream(config.seed, 0))
@@ -604,7 +606,7 @@ def test_a_lost_life_ends_the_learners_episode_but_not_the_game():
 
 
 def test_staleness_counts_the_updates_stepped_between_a_weight_copy_and_its_step():
-    config = Config(env_id="CartPole-v1", workers=2, t_max=5)
+    config = Config(env_id="CartPole-v1", workers=2, t_max=5, rollout_passes=1)
     shared = SharedTraining.create(build_model(config, (4,), 2), config)
     first, second = (Worker(i, config, shared, seed_stream(1, i)) for i in range(2))
     try:
@@ -634,7 +636,7 @@ def test_a_rollout_cut_short_by_the_stop_signal_hands_over_its_own_gradient(lstm
     # At shutdown each worker's last rollout ends at the step that saw the stop flag: its update
     # must be that shorter rollout's gradient, not one over stale rows of the buffers.
     config = Config(env_id="ALE/KungFuMaster-v5", workers=1, t_max=8, lstm=lstm, lr=1e-3, envs_per_worker=3,
-                    precision="float32", max_grad_norm=1e9)
+                    precision="float32", rollout_passes=1, max_grad_norm=1e9)
     worker, recorder, observations = recorded_worker(config)
     shared = worker.shared
     worker.sync_weights()
