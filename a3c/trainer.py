@@ -100,6 +100,16 @@ def check_model_fits(config: Config, obs_shape: tuple[int, ...], n_actions: int)
                       f"(observations {obs_shape}, body {config.model_body})")
 
 
+def choices_line(config: Config) -> str:
+    """The start line: what the run chose where a setting was left to this machine or to the number
+    of workers, and why."""
+    passes = ("one step on each rollout (A3C's)" if config.rollout_passes == 1 else
+              f"{config.rollout_passes} steps on each rollout, the further ones clipped at {config.clip_ratio:g}")
+    return (f"network precision: {config.network_precision}" + (" (auto)" if config.precision == "auto" else "")
+            + f"; {config.optimizer} learning rate {config.learning_rate:.3g}"
+            + (" (the default)" if config.lr is None else "") + adam_momentum_choice(config) + f"; {passes}")
+
+
 def adam_momentum_choice(config: Config) -> str:
     """The start line's words on Adam's beta1: its value and, where it is the default, why."""
     if config.optimizer != "adam":
@@ -109,8 +119,8 @@ def adam_momentum_choice(config: Config) -> str:
         return f", beta1 {beta1:.3g}"
     if beta1 == DEFAULT_ADAM_BETA1:
         return f", beta1 {beta1:.3g} (the default)"
-    return (f", beta1 {beta1:.3g} (the default for {config.workers} workers: each update lands about "
-            f"{config.workers - 1} others late, a lag that momentum would add to)")
+    return (f", beta1 {beta1:.3g} (the default for {config.workers} workers: each update lands "
+            f"{config.workers - 1} or more others late, a lag that momentum would add to)")
 
 
 class RemoteWorkers(Protocol):
@@ -291,10 +301,7 @@ class Trainer:
         one_thread_per_child()
         self._print(f"run directory: {self.run_dir}")
         self._print("configuration: " + json.dumps(config.to_dict()))
-        self._print(f"network precision: {config.network_precision}"
-                    + (" (auto)" if config.precision == "auto" else "")
-                    + f"; {config.optimizer} learning rate {config.learning_rate:.3g}"
-                    + (" (the default)" if config.lr is None else "") + adam_momentum_choice(config))
+        self._print(choices_line(config))
         supervisor = self.supervisor
         try:
             start = time.time()

@@ -27,6 +27,7 @@ from a3c.config import PRESETS, Config, ConfigError, validate
 from a3c.envs import env_spaces
 from a3c.model import DTYPES, build_model
 from a3c.shared import STOP, SharedTraining
+from a3c.trainer import choices_line
 from a3c.worker import (
     AdvantageScale,
     Rollout,
@@ -458,6 +459,13 @@ def test_adam_s_default_momentum_falls_as_the_workers_make_each_update_late():
     config = Config(env_id="CartPole-v1", workers=16)
     assert SharedTraining.create(build_model(config, (4,), 2), config).optimizer.betas == (0.0, 0.999)
     assert Config.from_saved({**config.to_dict(), "adam_beta1": 0.9}).adam_betas[0] == 0.9  # an older run's
+    # The start line says what was chosen and why.
+    line = choices_line(replace(config, precision="float32"))
+    assert line == ("network precision: float32; adam learning rate 0.0003 (the default), beta1 0 (the default for "
+                    "16 workers: each update lands 15 or more others late, a lag that momentum would add to); "
+                    "2 steps on each rollout, the further ones clipped at 0.1")
+    assert choices_line(Config(workers=2, lr=1e-3, rollout_passes=1)).endswith(
+        "learning rate 0.001, beta1 0.9 (the default); one step on each rollout (A3C's)")
 
 
 @pytest.mark.parametrize("env_id,frame_stack,precision", [
