@@ -26,11 +26,11 @@ pytestmark = pytest.mark.slow  # trains, or starts processes: left out by make t
 
 @pytest.fixture(scope="module")
 def cartpole_run(tmp_path_factory):
-    """One CartPole run that several tests read: three workers to 300,000 frames (about 20 s here,
+    """One CartPole run that several tests read: three workers to 150,000 frames (about 12 s here,
     well past the 2-3 s by which spawned workers can start apart on 2 cores), evaluated every 25,000.
     Returns the trainer after its run, the weights it began with, and the run's directory."""
     runs = tmp_path_factory.mktemp("runs")
-    config = Config(env_id="CartPole-v1", workers=3, total_frames=300_000, lr=1e-3, seed=1,
+    config = Config(env_id="CartPole-v1", workers=3, total_frames=150_000, lr=1e-3, seed=1,
                     eval_interval=600, eval_every_frames=25_000, eval_episodes=5, runs_dir=str(runs),
                     run_name="cartpole")
     trainer = Trainer(config)
