@@ -459,8 +459,10 @@ def test_adam_s_default_momentum_falls_as_the_workers_make_each_update_late():
     config = Config(env_id="CartPole-v1", workers=16)
     assert SharedTraining.create(build_model(config, (4,), 2), config).optimizer.betas == (0.0, 0.999)
     assert Config.from_saved({**config.to_dict(), "adam_beta1": 0.9}).adam_betas[0] == 0.9  # an older run's
-    # The start line says what was chosen and why.
-    line = choices_line(replace(config, precision="float32"))
+
+
+def test_the_start_line_says_what_was_chosen_for_the_workers_and_why():
+    line = choices_line(Config(env_id="CartPole-v1", workers=16, precision="float32"))
     assert line == ("network precision: float32; adam learning rate 0.0003 (the default), beta1 0 (the default for "
                     "16 workers: each update lands 15 or more others late, a lag that momentum would add to); "
                     "2 steps on each rollout, the further ones clipped at 0.1")
