@@ -37,8 +37,12 @@ def cluster():
     os.environ[KEEP_LOOPBACK_ENV] = "0"  # keeps Ray on loopback (read at import)
     ray_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed (pip install 'a3c[ray]')")
     before = {p.pid for p in psutil.Process().children()}
+    # Ray declares a node dead after missed health checks (about 15 s by its defaults): sooner here,
+    # so that the lost-node test waits less, still with room for a loaded machine.
+    health_checks = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000,
+                     "health_check_failure_threshold": 5}
     cluster = ray_utils.Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+        "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False, "_system_config": health_checks})
     try:
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
         roots = {p.pid for p in psutil.Process().children()} - before
@@ -107,7 +111,7 @@ def _listening_addresses(roots: list[int]) -> set[str]:
 def ray_run(cluster, tmp_path_factory):
     """A CartPole run over both nodes, one worker on each: the run the resume tests continue."""
     runs = tmp_path_factory.mktemp("ray-runs")
-    code, output = _run(["--ray", cluster.address, "--nodes", "2", "--workers", "2", "--total-frames", "150000",
+    code, output = _run(["--ray", cluster.address, "--nodes", "2", "--workers", "2", "--total-frames", "100000",
                          "--eval-every-frames", "25000", "--runs-dir", str(runs), "--run-name", "two-nodes",
                          *CARTPOLE], runs)
     return runs / "two-nodes", code, output
@@ -121,11 +125,11 @@ def test_trains_on_both_nodes_past_a_random_policy(ray_run):
     assert placed and placed.group(1) != placed.group(2), output  # two groups, two distinct nodes
     episodes = read_rows(run_dir / "train_episodes.csv")
     assert {row["worker"] for row in episodes} == {"0", "1"}  # each node's worker played
-    # A random policy scores about 22; the local trainer passes 150 by ~160k frames here.
+    # A random policy scores about 22; this run evaluates at 150 or more by about 55,000 frames here.
     best = max(float(row["mean_reward"]) for row in read_rows(run_dir / "evaluations.csv"))
     assert best >= 150, output
     checkpoint = _checkpoint(run_dir)
-    assert checkpoint["frames"] >= 150_000
+    assert checkpoint["frames"] >= 100_000
     assert checkpoint["episodes"] == len(episodes)  # every episode counted once
     assert torch.as_tensor(checkpoint["optimizer"]["state"][0]["step"]) > 0  # a node's Adam came back
 
