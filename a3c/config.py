@@ -126,7 +126,7 @@ class Config:
         "of recent advantages over 0.4, at most entropy_coef"))
     reward_prediction_coef: float = field(default=0.1, metadata=_help(
         "weight of an auxiliary task: predict from an observation the sign of the reward after it (UNREAL's "
-        "reward prediction), on recent observations, half rewarding; 0: off"))
+        "reward prediction), once a rollout, weighted for each step on it; 0: off"))
     value_loss_coef: float = field(default=0.5, metadata=_help("weight of the value loss"))
     max_grad_norm: float = field(default=50.0, metadata=_help("clip each update's gradient to this norm"))
 

@@ -13,10 +13,10 @@ weights theta' that did not act, R_t and A_t stay those of theta's values, V(s_t
 is theta''s, and -log pi(a_t | s_t) A_t becomes PPO's clipped surrogate
 -min(rho_t A_t, clip(rho_t, 1 - epsilon, 1 + epsilon) A_t), rho_t = pi'(a_t | s_t) / pi(a_t | s_t) the
 ratio to the policy that acted. The update is one step of the shared optimizer (Adam or RMSProp) along
-d loss / d theta (with reward prediction on, d (loss + its coefficient times reward_prediction_loss
-below) / d theta). Here everything is computed again, one step at a time, in float32 (or the acting
-number format of the body, so that the tests compare like with like), with torch only: no tape, no
-numpy, no batching tricks.
+d loss / d theta. With reward prediction on, the first pass adds reward_prediction_loss (below)
+times its coefficient times the number of passes, the others nothing. Here everything is computed
+again, one step at a time, in float32 (or the acting number format of the body, so that the tests
+compare like with like), with torch only: no tape, no numpy, no batching tricks.
 """
 
 from __future__ import annotations

@@ -97,7 +97,9 @@ def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observati
                               config.gae_lambda, config.entropy_coef, config.value_loss_coef, body_dtype,
                               entropy_scale, *acting, config.clip_ratio)
     if reward_batch is not None:
-        loss = loss + config.reward_prediction_coef * reference.reward_prediction_loss(fresh, *reward_batch, body_dtype)
+        # A rollout's one batch, in its first pass, weighted for all its passes.
+        weight = config.rollout_passes * config.reward_prediction_coef
+        loss = loss + weight * reference.reward_prediction_loss(fresh, *reward_batch, body_dtype)
     return reference.gradient(fresh, loss)
 
 
