@@ -130,7 +130,7 @@ def test_a_nan_gradient_never_reaches_the_shared_model():
 
 @pytest.mark.parametrize("dead", [True, False])
 def test_a_run_whose_network_died_stops_with_a_clear_error(tmp_path, capsys, dead):
-    config = Config(env_id="ALE/Pong-v5", workers=1, envs_per_worker=1, total_frames=16_000, eval_interval=600,
+    config = Config(env_id="ALE/Pong-v5", workers=1, envs_per_worker=1, total_frames=8_000, eval_interval=600,
                     eval_episodes=1, max_episode_frames=400, runs_dir=str(tmp_path), run_name="run")
     trainer = Trainer(config)
     if dead:  # every unit of the body's last layer below zero on every observation, as in a collapsed run
