@@ -224,6 +224,13 @@ class Config:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
     @property
+    def reward_prediction_weight(self) -> float:
+        """The weight of reward prediction's one batch a rollout, drawn in its first pass: the
+        coefficient for each pass, so that the task weighs as much against the policy's steps as
+        with one pass (docs/experiments.md, "Sample reuse")."""
+        return self.rollout_passes * self.reward_prediction_coef
+
+    @property
     def adam_betas(self) -> tuple[float, float]:
         """Adam's (beta1, beta2), beta1 by default from the number of workers. Adam's mean gradient
         lags about beta1 / (1 - beta1) updates behind (9 at 0.9), and with W workers each gradient

@@ -435,9 +435,8 @@ class Worker:
     def step(self, rollout: Rollout, further_pass: bool = False) -> UpdateStats:
         """One step of the shared optimizer along the rollout's gradient under the local weights.
         Reward prediction's batch goes through the tape after the rollout's steps, so one batched
-        backward differentiates both: one batch a rollout, in its first pass, weighted for all its
-        passes, so that the task weighs as much against the policy's steps as with one pass (the
-        reason: docs/experiments.md, "Sample reuse")."""
+        backward differentiates both: one batch a rollout, in its first pass, at
+        Config.reward_prediction_weight."""
         batch = None if self.reward_memory is None or further_pass else self.reward_memory.sample(self.rng)
         if batch is not None:
             rollout.tape.record(batch[0])
@@ -450,7 +449,7 @@ class Worker:
             prediction_loss, stats.reward_prediction_accuracy = reward_prediction_loss(
                 self.model, batch_features, batch[1])
             stats.reward_prediction_loss = float(prediction_loss.detach())
-            loss = loss + self.config.rollout_passes * self.config.reward_prediction_coef * prediction_loss
+            loss = loss + self.config.reward_prediction_weight * prediction_loss
         self.grad.zero_()  # never None: backward accumulates into this flat buffer in place
         loss.backward()
         stats.grad_norm = grad_norm = float(self.grad.norm())

@@ -99,6 +99,7 @@ def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observati
     if reward_batch is not None:
         # A rollout's one batch, in its first pass, weighted for all its passes.
         weight = config.rollout_passes * config.reward_prediction_coef
+        assert config.reward_prediction_weight == weight
         loss = loss + weight * reference.reward_prediction_loss(fresh, *reward_batch, body_dtype)
     return reference.gradient(fresh, loss)
 
