@@ -42,11 +42,13 @@ class TrainProcess:
         self._queue.put(None)
 
     def wait_for(self, pattern: str, timeout: float = 120.0) -> re.Match:
-        """Block until an output line matches `pattern`; fail on exit or timeout."""
+        """Block until an output line matches `pattern`; fail on exit, or when `timeout` seconds pass
+        without one (however many other lines come meanwhile)."""
         regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                item = self._queue.get(timeout=timeout)
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"no line matching {pattern!r} within {timeout} s:\n"
                                      + "\n".join(self.lines[-30:])) from None
