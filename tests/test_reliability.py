@@ -150,7 +150,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_pa
 
 
 def test_children_exit_when_the_parent_is_killed(train_process):
-    run = train_process("--total-frames", "100000000", "--eval-interval", "600")
+    run = train_process("--workers", "2", "--total-frames", "100000000", "--eval-interval", "600")
     run.wait_for(r"frames ([1-9][\d,]*)/")
     children = [p for p in run.pids if p != run.process.pid]
     assert len(children) == 3  # two workers and the evaluator
