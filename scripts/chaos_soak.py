@@ -5,7 +5,8 @@ or terminated every few seconds; then the checks a long unattended run must pass
     python scripts/chaos_soak.py --env-id CartPole-v1 --workers 2 --seconds 60 --fault-interval 1
 
 Faults: SIGKILL (a crash), SIGTERM (a polite kill) and SIGSTOP (a hang: the trainer must notice the
-missing heartbeat, kill and replace the child). The run gets --max-deaths high enough for the soak
+missing heartbeat, kill and replace the child), each once in every three faults, so that a short soak
+has them all. The run gets --max-deaths high enough for the soak
 and a short --hang-timeout. Checked at the end: the run reached its time limit with exit status 0;
 every fault was survived (each targeted child was replaced); episodes in the final checkpoint equal
 the rows of train_episodes.csv; the counted frames hold the finished episodes' and exceed them by no
@@ -99,6 +100,7 @@ def soak(options: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
     parent = psutil.Process(trainer.process.pid)
     seen_pids: set[int] = set()
     faults: list[dict[str, Any]] = []
+    kinds_left: list[str] = []
     samples: list[dict[str, float]] = []
     start = time.monotonic()
     next_fault = start + options.warmup
@@ -121,7 +123,9 @@ def soak(options: argparse.Namespace, runs_dir: Path) -> dict[str, Any]:
             oldest_checkpoint = max(oldest_checkpoint, age)
         if now >= next_fault and children and now - start < options.seconds - options.hang_timeout * 2 - 5:
             victim = rng.choice(children)
-            name = rng.choice(sorted(FAULTS))
+            if not kinds_left:  # each kind once in every round of three, in a random order
+                kinds_left = rng.sample(sorted(FAULTS), len(FAULTS))
+            name = kinds_left.pop()
             try:
                 role = "evaluator" if any(f"evaluator (pid {victim.pid})" in line for line in trainer.lines) \
                     else "worker"
