@@ -35,10 +35,10 @@ CARTPOLE = ["--env-id", "CartPole-v1", "--lr", "1e-3", "--eval-interval", "600",
 def cluster():
     saved = {k: os.environ.get(k) for k in (KEEP_LOOPBACK_ENV, "RAY_worker_niceness")}
     os.environ[KEEP_LOOPBACK_ENV] = "0"  # keeps Ray on loopback (read at import)
-    # Ray starts its workers at niceness 15 unless told: beside another test's busy processes an
-    # actor's start then takes minutes, past the hang watch's start-up allowance. At 0, as the
-    # README advises for a cluster of one's own; CARTPOLE's exchange interval keeps the actors idle
-    # enough not to starve a concurrent test in turn.
+    # Ray starts its workers at niceness 15 unless told: beside another test's busy processes a run's
+    # actors then took over a minute each to start, past the hang watch's start-up allowance. At 0,
+    # as the README advises for a cluster of one's own; CARTPOLE's exchange interval keeps the actors
+    # idle enough not to starve a concurrent test in turn.
     os.environ["RAY_worker_niceness"] = "0"
     ray_utils = pytest.importorskip("ray.cluster_utils", reason="Ray is not installed (pip install 'a3c[ray]')")
     before = {p.pid for p in psutil.Process().children()}

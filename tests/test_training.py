@@ -109,9 +109,15 @@ def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm):
                              "--device", "cpu"], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "mean reward" in result.stdout and "mean episode length" in result.stdout
-    # The dead-unit diagnostic reads the same checkpoint: per body layer, units ever positive.
+    if not lstm:  # the diagnostic scripts, on the default network: once is enough
+        _check_the_diagnostic_scripts_on(run_dir / "checkpoints" / "latest.pt")
+
+
+def _check_the_diagnostic_scripts_on(checkpoint: Path) -> None:
+    """The dead-unit and late-gradient diagnostics (scripts/) on a trained checkpoint."""
+    # The dead-unit diagnostic: per body layer, the units ever positive.
     script = Path(__file__).resolve().parents[1] / "scripts" / "dead_units.py"
-    result = subprocess.run([sys.executable, str(script), str(run_dir / "checkpoints" / "latest.pt"),
+    result = subprocess.run([sys.executable, str(script), str(checkpoint),
                              "--frames", "50", "--detail"], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert re.findall(r"layer (\d): mean output", result.stdout) == ["1", "2", "3"]
@@ -121,7 +127,7 @@ def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm):
     # The late-gradient diagnostic: one worker lands on the weights it copied, so its late gradient
     # is its on-time one; with two, each update lands on weights the other has stepped.
     script = Path(__file__).resolve().parents[1] / "scripts" / "stale_gradients.py"
-    result = subprocess.run([sys.executable, str(script), str(run_dir / "checkpoints" / "latest.pt"),
+    result = subprocess.run([sys.executable, str(script), str(checkpoint),
                              "--workers", "1", "2", "--updates", "4"], check=False, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr
