@@ -167,13 +167,29 @@ class RayCluster:
         ray.shutdown()
 
 
+def take_back_priority(role: str) -> Note | None:
+    """Ray starts its workers at niceness 15 unless its raylet is told otherwise: an actor of ours
+    lowers its own back to 0 where the system allows it (root, CAP_SYS_NICE), so that neither its
+    start nor its exchanges wait behind the node's busy processes. Where refused, a note for the log."""
+    niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    if niceness <= 0:
+        return None
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except OSError:
+        return Note(f"{role} runs at niceness {niceness}, Ray's default, behind the node's busy processes; "
+                    f"start Ray on that node with {WORKER_NICENESS_ENV}=0 for full speed")
+    return None
+
+
 class ParameterServer:
     """The cluster's weights and counters (a Ray actor on the driver's node, one call at a time).
     Only a node group's current incarnation may exchange: a replaced one is refused."""
 
     def __init__(self, params: np.ndarray, frames: int) -> None:
+        note = take_back_priority("the parameter server")  # every exchange of every node passes here
         self.params, self.frames = params.copy(), frames
-        self.messages: list[Message] = []
+        self.messages: list[Message] = [note] if note else []
         self.optimizer_state: dict[str, Any] | None = None
         self.incarnations: dict[int, int] = {}
         self.exchanging: set[int] = set()  # groups whose current incarnation has exchanged
@@ -232,6 +248,7 @@ class NodeGroup:
 
     def __init__(self, index: int, incarnation: int, config: Config, worker_ids: list[int], params: np.ndarray,
                  optimizer_state: dict[str, Any] | None, server: Any, exchange_interval: float) -> None:
+        note = take_back_priority(f"node group {index}")  # first: the rest of the start-up goes faster
         setup_cpu_compute()
         one_thread_per_child()  # Ray sets OMP_NUM_THREADS to the actor's CPUs; our workers take one
         self.index, self.incarnation, self.worker_ids = index, incarnation, worker_ids
@@ -245,16 +262,8 @@ class NodeGroup:
             self.shared.optimizer.load_state_dict(optimizer_state)
         self.base = self.shared.params.clone()  # the global weights as of the last exchange
         self.pushed_frames = 0                  # of this group's frames, those already sent
-        self.pending: list[Message] = []
+        self.pending: list[Message] = [note] if note else []
         self.last_optimizer_sync = time.monotonic()
-        niceness = os.getpriority(os.PRIO_PROCESS, 0)
-        if niceness > 0:  # Ray's default for its workers; lowering it takes privileges
-            try:
-                os.setpriority(os.PRIO_PROCESS, 0, 0)
-            except OSError:
-                self.pending.append(Note(
-                    f"node group {index}: its workers run at niceness {niceness}, Ray's default, below the "
-                    f"driver's evaluator; start Ray on that node with {WORKER_NICENESS_ENV}=0 for full speed"))
 
     def run(self) -> int:
         """Train until the driver asks to stop or the budget is spent; the frames it sent."""

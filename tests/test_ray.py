@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -380,3 +381,31 @@ def test_a_replacement_group_s_heartbeat_counts_from_zero(monkeypatch):
     assert server.pull()[-1] == {0: 0}
     assert server.exchange(0, 1, np.ones(3, dtype=np.float32), 10, [], None) is not None
     assert server.pull()[-1] == {0: 1}
+
+
+def test_the_actors_take_back_the_priority_ray_starts_them_at(tmp_path):
+    """Ray starts its workers at niceness 15: the parameter server (and a node group) lowers its own to
+    0 where the system allows it, and where it does not, says how to start Ray instead."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'a3c[ray]')")
+    code = ("import os, numpy as np; from a3c.ray_cluster import ParameterServer; "
+            "server = ParameterServer(np.zeros(3, dtype=np.float32), 0); "
+            "print(os.getpriority(os.PRIO_PROCESS, 0)); print([m.text for m in server.messages])")
+
+    def start_at_15(*privileges: str) -> tuple[str, str]:
+        result = subprocess.run([*privileges, "nice", "-n", "15", sys.executable, "-c", code], cwd=tmp_path,
+                                env={**os.environ, KEEP_LOOPBACK_ENV: "0"}, capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        niceness, notes = result.stdout.splitlines()
+        return niceness, notes
+
+    def refused(niceness: str, notes: str) -> bool:
+        return (niceness == "15" and "the parameter server runs at niceness 15" in notes
+                and "RAY_worker_niceness=0" in notes)
+
+    if os.geteuid() != 0:  # a user may raise its niceness, not lower it
+        assert refused(*start_at_15())
+        return
+    assert start_at_15() == ("0", "[]")
+    if shutil.which("setpriv"):  # root without the capability to lower it
+        assert refused(*start_at_15("setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice"))
