@@ -131,13 +131,13 @@ def test_no_phantom_non_finite_weights_while_workers_step():
         while float(shared.optimizer.steps[0]) < 1000:  # both have started stepping by now, or soon
             assert all(p.is_alive() for p in steppers)
         steps_before = float(shared.optimizer.steps[0])
-        phantom = sum(not shared.weights_are_finite() for _ in range(200_000))
+        phantom = sum(not shared.weights_are_finite() for _ in range(100_000))
         steps_during = float(shared.optimizer.steps[0]) - steps_before
     finally:
         shared.set_flag(STOP)
         for process in steppers:
             process.join(timeout=60)
-    assert steps_during > 10_000  # the checks really raced with the updates
+    assert steps_during > 5_000  # the checks really raced with the updates
     assert phantom == 0
     assert bool(torch.isfinite(shared.params).all())
 
