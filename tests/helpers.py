@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 
-# A small CartPole run that reports, evaluates and checkpoints often: flags of `a3c train`. One worker
-# (a test about several passes --workers): the suite is CPU-bound, and each worker trains flat out.
+# A small CartPole run that reports, evaluates and checkpoints often: flags of `a3c train`. One worker,
+# as the suite is CPU-bound and each worker trains flat out; a test about several adds --workers 2.
 CARTPOLE = ["--env-id", "CartPole-v1", "--workers", "1", "--lr", "1e-3", "--status-interval", "0.5",
             "--eval-episodes", "2", "--checkpoint-interval", "1"]
 

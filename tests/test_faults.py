@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow  # trains, or starts processes: left out by make t
 
 
 def test_killed_workers_and_evaluator_are_replaced_and_training_reaches_its_budget(train_process, tmp_path):
-    run = train_process("--workers", "2", "--total-frames", "30000", "--eval-interval", "600")  # one trains on
+    # Two workers: one trains on while the other is replaced.
+    run = train_process("--workers", "2", "--total-frames", "30000", "--eval-interval", "600")
     run.wait_for(r"frames ([1-9][\d,]*)/")
     worker, evaluator = run.worker_pid(0), run.evaluator_pid()
     os.kill(worker, signal.SIGKILL)
