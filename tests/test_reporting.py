@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import pytest
@@ -88,26 +89,38 @@ def test_tensorboard_holds_the_usual_keys(tmp_path):
     assert any("hyperparameters" in tag for tag in events.Tags()["tensors"])
 
 
-def test_a_saved_configuration_gives_the_same_settings_again(tmp_path, capsys):
+def _settings_train_would_start_with(argv: list[str], monkeypatch) -> Config:
+    """The Config that `a3c train ARGV` hands to the trainer, without starting one."""
+    from a3c import api
+
+    started: list[Config] = []
+    monkeypatch.setattr(api, "train", lambda config, ray=None: started.append(config) or SimpleNamespace(exit_code=0))
+    assert main(["train", *argv]) == 0
+    return started[0]
+
+
+def test_a_saved_configuration_gives_the_same_settings_again(tmp_path, capsys, monkeypatch):
     settings = {"env_id": "CartPole-v1", "workers": 1, "total_frames": 300, "lr": 0.003, "t_max": 7,
                 "eval_episodes": 1, "runs_dir": str(tmp_path)}
     (tmp_path / "first.json").write_text(json.dumps(settings))
     assert main(["train", "--config", str(tmp_path / "first.json"), "--run-name", "one", "--gamma", "0.95"]) == 0
     first = json.loads((tmp_path / "one" / "config.json").read_text())
     assert first["gamma"] == 0.95 and first["t_max"] == 7  # the flag overrides the file
-    assert main(["train", "--config", str(tmp_path / "one" / "config.json"), "--run-name", "two"]) == 0
-    second = json.loads((tmp_path / "two" / "config.json").read_text())
-    assert {**second, "run_name": None} == {**first, "run_name": None}
     printed = capsys.readouterr().out
     assert "configuration: " in printed  # the effective configuration is printed at the start
+    again = _settings_train_would_start_with(["--config", str(tmp_path / "one" / "config.json"), "--run-name", "two"],
+                                             monkeypatch)
+    again.save(str(tmp_path / "two.json"))
+    second = json.loads((tmp_path / "two.json").read_text())
+    assert {**second, "run_name": None} == {**first, "run_name": None}
 
 
-def test_yaml_configuration(tmp_path):
+def test_yaml_configuration(tmp_path, monkeypatch):
     pytest.importorskip("yaml")
     (tmp_path / "settings.yaml").write_text("env_id: CartPole-v1\nworkers: 1\ntotal_frames: 200\n"
                                             f"runs_dir: {tmp_path}\nrun_name: yaml\neval_episodes: 1\n")
-    assert main(["train", "--config", str(tmp_path / "settings.yaml")]) == 0
-    assert json.loads((tmp_path / "yaml" / "config.json").read_text())["total_frames"] == 200
+    config = _settings_train_would_start_with(["--config", str(tmp_path / "settings.yaml")], monkeypatch)
+    assert (config.env_id, config.workers, config.total_frames, config.run_name) == ("CartPole-v1", 1, 200, "yaml")
 
 
 def test_piped_output_gets_plain_status_lines(tmp_path):
