@@ -114,7 +114,7 @@ def test_atari_smoke_run_writes_a_checkpoint_that_eval_plays(tmp_path, lstm):
 
 
 def _check_the_diagnostic_scripts_on(checkpoint: Path) -> None:
-    """The dead-unit and late-gradient diagnostics (scripts/) on a trained checkpoint."""
+    """The dead-unit, late-gradient and life-by-life diagnostics (scripts/) on a trained checkpoint."""
     # The dead-unit diagnostic: per body layer, the units ever positive.
     script = Path(__file__).resolve().parents[1] / "scripts" / "dead_units.py"
     result = subprocess.run([sys.executable, str(script), str(checkpoint),
@@ -138,3 +138,16 @@ def _check_the_diagnostic_scripts_on(checkpoint: Path) -> None:
     assert by_workers[1]["cosine"] == pytest.approx(1.0, abs=1e-3)
     assert by_workers[1]["error"] == by_workers[1]["value_shift"] == by_workers[1]["weight_drift"] == 0.0
     assert by_workers[2]["weight_drift"] > 0 and by_workers[2]["value_shift"] > 0 and by_workers[2]["error"] > 0
+    # The life-by-life diagnostic: where each life ended, the points it added (summing to the
+    # episode's score), and the screen at each end.
+    script = Path(__file__).resolve().parents[1] / "scripts" / "lives.py"
+    screens = checkpoint.parents[1] / "screens"
+    result = subprocess.run([sys.executable, str(script), str(checkpoint), "--episodes", "1", "--screens",
+                             str(screens)], check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    episode = re.search(r"episode 0: (\S+) in (\d+) steps \| (.*)", result.stdout)
+    assert episode is not None, result.stdout
+    ends = [(int(step), float(points)) for step, points in re.findall(r"(\d+): \+(\S+)", episode[3])]
+    assert [step for step, _ in ends] == sorted({step for step, _ in ends}) and ends[-1][0] == int(episode[2])
+    assert sum(points for _, points in ends) == pytest.approx(float(episode[1]))
+    assert {path.name for path in screens.iterdir()} == {f"episode0-life{i}.png" for i in range(1, len(ends) + 1)}
