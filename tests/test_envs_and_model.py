@@ -134,6 +134,18 @@ def test_frame_stats_reports_a_games_pixel_statistics_and_the_background_gain():
 
 
 @pytest.mark.slow
+def test_frame_stats_names_the_colours_that_a_grey_frame_merges():
+    # KungFuMaster's blue background and a brown of its sprites have one grey level; Pong's five colours have five.
+    script = Path(__file__).resolve().parents[1] / "scripts" / "frame_stats.py"
+    result = subprocess.run([sys.executable, str(script), "--colours", "--env-id", "ALE/KungFuMaster-v5",
+                             "ALE/Pong-v5", "--frames", "50"], check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    kungfumaster, pong = result.stdout.splitlines()[-2:]
+    assert "grey 85: RGB (66, 72, 200)" in kungfumaster and "RGB (163, 57, 21)" in kungfumaster
+    assert pong == "ALE/Pong-v5: 5 colours, 5 grey levels; sharing one: none"
+
+
+@pytest.mark.slow
 def test_reward_delay_finds_the_step_that_earned_each_reward():
     # KungFuMaster scores on the step of the blow; Breakout a ball's flight after the paddle's hit.
     script = Path(__file__).resolve().parents[1] / "scripts" / "reward_delay.py"
