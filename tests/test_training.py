@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -143,7 +144,7 @@ def _check_the_diagnostic_scripts_on(checkpoint: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "lives.py"
     screens = checkpoint.parents[1] / "screens"
     result = subprocess.run([sys.executable, str(script), str(checkpoint), "--episodes", "1", "--screens",
-                             str(screens)], check=False, capture_output=True, text=True, timeout=300)
+                             str(screens), "--trace", "3"], check=False, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     episode = re.search(r"episode 0: (\S+) in (\d+) steps \| (.*)", result.stdout)
     assert episode is not None, result.stdout
@@ -151,3 +152,9 @@ def _check_the_diagnostic_scripts_on(checkpoint: Path) -> None:
     assert [step for step, _ in ends] == sorted({step for step, _ in ends}) and ends[-1][0] == int(episode[2])
     assert sum(points for _, points in ends) == pytest.approx(float(episode[1]))
     assert {path.name for path in screens.iterdir()} == {f"episode0-life{i}.png" for i in range(1, len(ends) + 1)}
+    # --trace: each life's last three steps, the last one the step it ended at, its action's
+    # probability in (0, 1] and the policy's entropy at most log(actions).
+    traced = re.findall(r"step (\d+): (\S+) (\S+) (\d+) (\S+) (\S+)", result.stdout)
+    assert [int(step) for step, *_ in traced[2::3]] == [step for step, _ in ends]
+    assert all(0 < float(p) <= 1 and 0 <= float(entropy) <= math.log(14) + 1e-6
+               for _, _, entropy, _, p, _ in traced)
