@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 KEEP_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 # Settings a resumed run cannot change: they fix the environment's spaces or the model's shape.
-FIXED_ON_RESUME = ("env_id", "body", "lstm", "mlp_hidden", "screen_size", "frame_stack", "optimizer")
+FIXED_ON_RESUME = ("env_id", "body", "lstm", "mlp_hidden", "screen_size", "frame_stack", "frame_colour", "optimizer")
 
 
 @dataclass(frozen=True)

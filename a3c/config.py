@@ -20,6 +20,7 @@ REWARD_TRANSFORMS = ("auto", "clip", "scale", "normalize")
 BODIES = ("auto", "mnih2013", "mnih2015", "tutorial", "mlp")
 OPTIMIZERS = ("adam", "rmsprop")
 FRAME_NORMS = ("background", "scale")
+FRAME_COLOURS = ("grey", "rgb")
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
 # The default learning rate of each optimizer, for any number of workers (Config.learning_rate).
 # RMSProp's is baselines' A2C's (and pytorch-a2c-ppo-acktr's), not searched here.
@@ -65,6 +66,9 @@ class Config:
     screen_size: int = field(default=84, metadata=_help("side of the square grey frames (42 for the tutorial body)"))
     frame_skip: int = field(default=4, metadata=_help("emulator frames per agent step, the last two max-pooled"))
     frame_stack: int = field(default=4, metadata=_help("frames stacked into one observation"))
+    frame_colour: str = field(default="grey", metadata=_help(
+        "what a frame holds: grey (ALE's luminance, one channel) or rgb (three channels, so that colours of "
+        "one grey level stay apart)"))
     noop_max: int = field(default=30, metadata=_help("up to this many no-op steps at each reset"))
     sticky_actions: float = field(default=0.0, metadata=_help(
         "probability that the emulator repeats the previous action (ALE v5's own default is 0.25)"))
@@ -211,6 +215,11 @@ class Config:
         return self.frame_skip if self.is_atari else 1
 
     @property
+    def colour_channels(self) -> int:
+        """Channels of one frame: 3 with rgb frames, else 1."""
+        return 3 if self.frame_colour == "rgb" else 1
+
+    @property
     def model_body(self) -> str:
         if self.body != "auto":
             return self.body
@@ -255,8 +264,9 @@ class Config:
 
 # `a3c train --help` shows the settings in these groups, in this order (every field in one).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "environment": ("env_id", "screen_size", "frame_skip", "frame_stack", "noop_max", "sticky_actions",
-                    "terminal_on_life_loss", "max_episode_frames", "reward_transform", "reward_scale"),
+    "environment": ("env_id", "screen_size", "frame_skip", "frame_stack", "frame_colour", "noop_max",
+                    "sticky_actions", "terminal_on_life_loss", "max_episode_frames", "reward_transform",
+                    "reward_scale"),
     "network": ("body", "frame_norm", "lstm", "mlp_hidden", "precision"),
     "optimisation": ("workers", "envs_per_worker", "t_max", "rollout_passes", "clip_ratio", "optimizer", "lr",
                      "lr_anneal", "adam_beta1", "adam_beta2", "adam_eps", "rmsprop_alpha", "rmsprop_eps", "gamma",
@@ -359,6 +369,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{name} must lie in [0, 1), got {value}")
     if not 0 < config.rmsprop_alpha < 1:
         raise ConfigError(f"rmsprop_alpha must lie in (0, 1), got {config.rmsprop_alpha}")
+    if config.frame_colour not in FRAME_COLOURS:
+        raise ConfigError(f"frame_colour must be {' or '.join(FRAME_COLOURS)}; got {config.frame_colour!r}")
     if config.frame_norm not in FRAME_NORMS:
         raise ConfigError(f"frame_norm must be {' or '.join(FRAME_NORMS)}; got {config.frame_norm!r}")
     if config.optimizer not in OPTIMIZERS:
@@ -375,6 +387,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"eval_cpu_share must lie in (0, 1], got {config.eval_cpu_share}")
     if config.eval_device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"eval_device must be auto, cuda or cpu; got {config.eval_device!r}")
+    if config.frame_colour == "rgb" and not config.is_atari:
+        raise ConfigError(f"{config.env_id} has vector observations: frame_colour rgb is for Atari frames")
     if config.is_atari and config.model_body == "mlp":
         raise ConfigError("an Atari game needs a conv body (mnih2013 or tutorial), not mlp")
     if not config.is_atari and config.model_body != "mlp":

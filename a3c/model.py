@@ -50,7 +50,8 @@ class ActorCritic(nn.Module):
     positive), an auxiliary task that trains the body only (a3c/auxiliary.py).
 
     uint8 image observations are scaled to [0, 1] (or, with frame_norm background, centred on their
-    commonest value and amplified per observation) inside, so workers keep frames in uint8. The body
+    commonest value, per colour channel with `colours` 3, and amplified per observation) inside, so
+    workers keep frames in uint8. The body
     is ReLU for images, tanh for vectors.
     The body calls the functional ops directly: a worker runs it once per step on a few frames,
     where nn.Module call overhead was about a fifth of the time.
@@ -58,9 +59,10 @@ class ActorCritic(nn.Module):
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, body: str = "tutorial",
                  lstm: bool = False, mlp_hidden: int = 64, frame_norm: str = "scale",
-                 reward_prediction: bool = False) -> None:
+                 reward_prediction: bool = False, colours: int = 1) -> None:
         super().__init__()
         self.obs_shape = tuple(obs_shape)
+        self.colours = colours  # channels of one frame (its stacked frames' channels alternate)
         self.n_actions = n_actions
         self.is_image = body != "mlp"
         self.frame_norm = frame_norm if self.is_image else "none"  # vector observations go in as they are
@@ -139,7 +141,7 @@ class ActorCritic(nn.Module):
         if self.frame_norm == "scale":  # a copy then in-place scaling: half the time of a mixed uint8-by-float multiply
             x.mul_(1.0 / 255.0)
         elif self.frame_norm == "background":  # in place, as the scaling, so into the tape too
-            scale, shift = _background_removal(obs, x.dtype)
+            scale, shift = _background_removal(obs, x.dtype, self.colours)
             x.mul_(scale).sub_(shift)
         return self.encode_scaled(x, weights, record)
 
@@ -192,32 +194,42 @@ def _rows(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 2, 3, 1).reshape(len(pixels), -1)
 
 
-def _background_removal(pixels: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per observation of a uint8 batch of frames: the factor and the offset, in `dtype`, that make
-    it (pixels - commonest) / 255 / (std + STANDARDIZE_EPS). All three statistics come from one
-    256-bin histogram per observation (torch.mode sorts, and a float copy of the frames for the
-    sums cost more than the histogram)."""
-    counts = _histograms(pixels)
-    commonest = counts.argmax(1)  # the first of equal counts: the lowest value of a tie
+def _background_removal(pixels: torch.Tensor, dtype: torch.dtype, colours: int = 1
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per observation of a uint8 batch of frames: the factor and the offsets, in `dtype`, that make
+    it (pixels - commonest) / 255 / (std + STANDARDIZE_EPS), the commonest value taken per colour
+    channel (the background's colour) and the std over all. The statistics come from 256-bin
+    histograms, one per observation and colour (torch.mode sorts, and a float copy of the frames for
+    the sums cost more than the histogram)."""
+    per_colour = _histograms(pixels, colours)
+    commonest = per_colour.argmax(2)  # (batch, colours); the first of equal counts: the lowest value of a tie
+    counts = per_colour.sum(1)
     weights = counts.double()
     values = torch.arange(256, dtype=torch.float64, device=pixels.device)
     total = weights.sum(1)
     mean = weights @ values / total
     variance = (weights @ (values * values) / total - mean * mean).clamp_min(0.0)
     scale = 1.0 / (variance.sqrt() + 255.0 * STANDARDIZE_EPS)
-    shape = (-1, 1, 1, 1)
-    return scale.to(dtype).view(shape), (commonest * scale).to(dtype).view(shape)
+    shift = commonest * scale.unsqueeze(1)
+    if colours > 1:  # the channels go frame by frame, each frame's colours in turn
+        shift = shift.repeat(1, pixels.shape[1] // colours)
+    return scale.to(dtype).view(-1, 1, 1, 1), shift.to(dtype).view(len(pixels), -1, 1, 1)
 
 
-def _histograms(pixels: torch.Tensor) -> torch.Tensor:
-    """(batch, 256) counts of each pixel value per observation of a uint8 batch."""
-    return torch.stack([torch.bincount(row, minlength=256) for row in _rows(pixels)])
+def _histograms(pixels: torch.Tensor, colours: int = 1) -> torch.Tensor:
+    """(batch, colours, 256) counts of each pixel value per observation of a uint8 batch and colour
+    channel."""
+    if colours == 1:
+        return torch.stack([torch.bincount(row, minlength=256) for row in _rows(pixels)]).unsqueeze(1)
+    return torch.stack([torch.stack([torch.bincount(row[colour::colours], minlength=256)
+                                     for colour in range(colours)]) for row in _rows(pixels)])
 
 
 def commonest_values(pixels: torch.Tensor) -> list[int]:
-    """The commonest pixel value (0-255) of each observation of a uint8 batch, the lowest of a tie:
-    a game's background (what --frame-norm background subtracts; scripts/frame_stats.py)."""
-    return _histograms(pixels).argmax(1).tolist()
+    """The commonest pixel value (0-255) of each observation of a uint8 batch of grey frames, the
+    lowest of a tie: a game's background (what --frame-norm background subtracts;
+    scripts/frame_stats.py)."""
+    return _histograms(pixels)[:, 0].argmax(1).tolist()
 
 
 def observation_buffer(batch: int, obs_shape: tuple[int, ...], dtype: np.dtype) -> tuple[torch.Tensor, np.ndarray]:
@@ -254,7 +266,7 @@ def setup_cpu_compute() -> None:
 
 def build_model(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> ActorCritic:
     return ActorCritic(obs_shape, n_actions, config.model_body, config.lstm, config.mlp_hidden, config.frame_norm,
-                       reward_prediction=config.reward_prediction_coef > 0)
+                       reward_prediction=config.reward_prediction_coef > 0, colours=config.colour_channels)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -36,6 +36,32 @@ def test_atari_observations_are_stacked_uint8_frames(size):
         env.close()
 
 
+def test_colour_frames_stack_each_frames_red_green_and_blue_as_the_screen_shows_them():
+    env = make_env(Config(env_id="ALE/Qbert-v5", frame_colour="rgb"), seed=0)
+    grey = make_env(Config(env_id="ALE/Qbert-v5"), seed=0)
+    try:
+        obs, _ = env.reset(seed=0)
+        grey.reset(seed=0)
+        assert obs.shape == env.observation_space.shape == (12, 84, 84) and obs.dtype == np.uint8
+        frames = [obs]
+        for _ in range(40):
+            action = env.action_space.sample()
+            obs, *_ = env.step(action)
+            grey_obs, *_ = grey.step(action)
+            frames.append(obs)
+        # The stack shifts by one frame, three channels, each step.
+        assert np.array_equal(frames[-1][:9], frames[-2][3:])
+        # The newest frame is the screen (the last two emulator frames' maximum) in its colours:
+        # Qbert's cube faces (84, 184, 153) are the commonest colour, as they are the commonest grey.
+        newest = frames[-1][-3:].reshape(3, -1).T
+        colours, counts = np.unique(newest, axis=0, return_counts=True)
+        assert tuple(colours[np.argsort(counts)[-2]]) == (84, 184, 153)  # after black
+        assert collections.Counter(grey_obs[-1].ravel().tolist()).most_common(2)[1][0] == 151  # the faces' grey
+    finally:
+        env.close()
+        grey.close()
+
+
 def test_atari_reset_with_the_same_seed_replays_the_same_frames():
     env = make_env(Config(), seed=0)
     try:
@@ -117,6 +143,25 @@ def test_the_body_sees_frames_scaled_or_less_their_background_per_observation(fr
     torch.testing.assert_close(tape.inputs().double(), expected, rtol=1e-5, atol=1e-5)
     # Acting unrecorded (the evaluator, the bootstrap values) sees the same inputs.
     torch.testing.assert_close(model(obs)[0], recorded_logits)
+
+
+def test_colour_frames_lose_their_background_colour_channel_by_channel():
+    # Two stacked RGB frames: a blue background under noisy sprites; each channel less the
+    # background's value in it, all over the observation's one standard deviation.
+    model = ActorCritic((6, 42, 42), 5, "tutorial", frame_norm="background", colours=3)
+    obs = torch.randint(0, 256, (2, 6, 42, 42), dtype=torch.uint8)
+    background = torch.tensor([66, 72, 200], dtype=torch.uint8)
+    obs[:, :, 12:] = background.repeat(2).view(1, 6, 1, 1)
+    obs[1, :, :6] = 0
+    tape = ReplayTape(model, steps=1, batch=2, dtype=torch.float32)
+    tape.start()
+    tape.act(obs, None)
+    flat = obs.double().flatten(1) / 255
+    deviation = flat.std(1, correction=0).view(2, 1, 1, 1)
+    shift = background.double().repeat(2).view(1, 6, 1, 1) / 255
+    expected = (obs.double() / 255 - shift) / (deviation + STANDARDIZE_EPS)
+    torch.testing.assert_close(tape.inputs().double(), expected, rtol=1e-5, atol=1e-5)
+    assert tape.inputs()[:, :, 12:].abs().max() < 1e-6  # the background is zero in every channel
 
 
 @pytest.mark.slow
