@@ -51,8 +51,7 @@ class ActorCritic(nn.Module):
 
     uint8 image observations are scaled to [0, 1] (or, with frame_norm background, centred on their
     commonest value, per colour channel with `colours` 3, and amplified per observation) inside, so
-    workers keep frames in uint8. The body
-    is ReLU for images, tanh for vectors.
+    workers keep frames in uint8. The body is ReLU for images, tanh for vectors.
     The body calls the functional ops directly: a worker runs it once per step on a few frames,
     where nn.Module call overhead was about a fifth of the time.
     """
