@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import collections
 
-import gymnasium as gym
 import numpy as np
 import torch
 
@@ -26,7 +25,7 @@ import torch
 from dead_units import random_play
 
 from a3c.config import Config
-from a3c.envs import env_spaces, register_atari
+from a3c.envs import AtariEnv, action_count, env_spaces
 from a3c.model import STANDARDIZE_EPS, commonest_values
 
 
@@ -51,15 +50,14 @@ def shared_greys(env_id: str, steps: int, seed: int = 0, min_share: float = 1e-4
     """The colours on screen in `steps` steps of random play (every fifth screen), the grey levels
     ALE gives them, and each grey level that two or more colours covering at least `min_share` of
     the pixels share: {grey: [(rgb, share), ...]}."""
-    register_atari()
-    env = gym.make(env_id, frameskip=4, repeat_action_probability=0.0)
-    ale = env.unwrapped.ale  # type: ignore[attr-defined]
+    env = AtariEnv(env_id, screen_size=84, noop_max=0)
+    ale, actions = env.ale, action_count(env)
     rng = np.random.default_rng(seed)
     env.reset(seed=seed)
     pixels: collections.Counter[tuple[int, ...]] = collections.Counter()
     grey_of: dict[tuple[int, ...], int] = {}
     for step in range(steps):
-        _, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))  # type: ignore[attr-defined]
+        _, _, terminated, truncated, _ = env.step(int(rng.integers(actions)))
         if step % 5 == 0:
             colours, first, counts = np.unique(ale.getScreenRGB().reshape(-1, 3), axis=0, return_index=True,
                                                return_counts=True)
