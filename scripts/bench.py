@@ -34,7 +34,7 @@ import torch
 import torch.multiprocessing as mp
 
 from a3c.checkpoint import load_checkpoint
-from a3c.config import FRAME_NORMS, PRECISIONS, Config
+from a3c.config import FRAME_COLOURS, FRAME_NORMS, PRECISIONS, Config
 from a3c.envs import AtariEnv, make_env
 from a3c.trainer import RemoteFactory, Trainer
 
@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="number format of the network passes (default: auto)")
     parser.add_argument("--frame-norm", nargs="+", choices=FRAME_NORMS,
                         help="what the network sees of a frame (default: the default's, or the checkpoint's)")
+    parser.add_argument("--frame-colour", nargs="+", choices=FRAME_COLOURS,
+                        help="what a frame holds (default: the default's, or the checkpoint's)")
     parser.add_argument("--checkpoint-interval", type=float, nargs="+",
                         help="seconds between checkpoints of latest.pt (default: the default's)")
     parser.add_argument("--reward-prediction-coef", type=float, nargs="+",
@@ -143,27 +145,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.from_checkpoint and args.reward_prediction_coef:
         parser.error("--reward-prediction-coef: a checkpoint's network has the task's head or not; it keeps its own")
+    if args.from_checkpoint and args.frame_colour:
+        parser.error("--frame-colour: a checkpoint's network was trained on its own frames; it keeps them")
 
     start = None if args.from_checkpoint is None else load_checkpoint(args.from_checkpoint)
     base = Config(env_id=args.env_id, lstm=args.lstm) if start is None else Config.from_saved(start["config"])
     records = []
-    header = (f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'frame norm':>11} {'reward pred':>11} {'checkpoints':>11} "
+    header = (f"{'workers':>7} {'envs/worker':>11} {'precision':>9} {'frame norm':>11} {'colour':>7} {'reward pred':>11} "
+              f"{'checkpoints':>11} "
               f"{'train fps':>10} {'env-only fps':>12} {'ratio':>6} {'raw ALE fps':>11}")
     print(header, flush=True)
+    colours = args.frame_colour or [base.frame_colour]
     for workers in args.workers:
-        env_fps = None if args.train_only else env_only_fps(base, workers, False, args.warmup, args.seconds)
+        # The env-only rate depends on the frame's colour (what is grabbed and resized); the raw one does not.
+        env_rates = {colour: None if args.train_only else env_only_fps(replace(base, frame_colour=colour), workers,
+                                                                        False, args.warmup, args.seconds)
+                     for colour in colours}
         raw_fps = None if args.train_only or not base.is_atari else env_only_fps(base, workers, True, args.warmup,
                                                                                  args.seconds)
-        for envs, precision, frame_norm, prediction, interval in itertools.product(
-                args.envs_per_worker, args.precision, args.frame_norm or [base.frame_norm],
+        for envs, precision, frame_norm, colour, prediction, interval in itertools.product(
+                args.envs_per_worker, args.precision, args.frame_norm or [base.frame_norm], colours,
                 args.reward_prediction_coef or [base.reward_prediction_coef],
                 args.checkpoint_interval or [base.checkpoint_interval]):
             config = replace(base, workers=workers, envs_per_worker=envs, precision=precision,
-                             frame_norm=frame_norm, reward_prediction_coef=prediction,
+                             frame_norm=frame_norm, frame_colour=colour, reward_prediction_coef=prediction,
                              checkpoint_interval=interval, run_name=None)
+            env_fps = env_rates[colour]
             fps = train_fps(config, args.warmup, args.seconds, start=start)
             record = {"workers": workers, "envs_per_worker": envs, "precision": config.network_precision,
-                      "frame_norm": frame_norm, "reward_prediction_coef": prediction,
+                      "frame_norm": frame_norm, "frame_colour": colour, "reward_prediction_coef": prediction,
                       "checkpoint_interval": interval,
                       "train_fps": round(fps, 1),
                       "env_only_fps": None if env_fps is None else round(env_fps, 1),
@@ -175,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
             records.append(record)
             raw_text = "-" if raw_fps is None else f"{raw_fps:,.0f}"
             env_text, ratio_text = ("-", "-") if env_fps is None else (f"{env_fps:,.0f}", f"{fps / env_fps:.2f}")
-            print(f"{workers:>7} {envs:>11} {config.network_precision:>9} {frame_norm:>11} {prediction:>11g} "
+            print(f"{workers:>7} {envs:>11} {config.network_precision:>9} {frame_norm:>11} {colour:>7} {prediction:>11g} "
                   f"{f'{interval:g} s':>11} "
                   f"{fps:>10,.0f} {env_text:>12} {ratio_text:>6} {raw_text:>11}", flush=True)
     output = Path(args.output)
