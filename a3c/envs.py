@@ -31,22 +31,9 @@ def register_atari() -> None:
         _registered = True
 
 
-def palette_levels() -> np.ndarray:
-    """The grey level of each value of ALE's screen, the console's colour byte (NTSC: hue in the high
-    four bits, luminance in the next three): luminance first, hue second, so that each of the 128
-    colours has a level of its own, two apart. ALE's own grey, a weighted sum of red, green and blue,
-    gives many colours one level (`scripts/frame_stats.py --colours`; docs/experiments.md)."""
-    colour_byte = np.arange(256)
-    return (((colour_byte >> 1) & 7) * 32 + (colour_byte >> 4) * 2).astype(np.uint8)
-
-
-PALETTE_LEVELS = palette_levels()
-
-
 class AtariEnv(gym.Env):
     """One ALE game as a Gymnasium env returning stacked uint8 frames of shape (stack, size, size),
-    or (stack * 3, size, size) with `colour` "rgb": each frame's red, green and blue in turn. With
-    "grey" a frame is ALE's luminance, with "palette" `palette_levels` of the console's colours.
+    or (stack * 3, size, size) with colour: each frame's red, green and blue in turn.
 
     Rewards are the game's raw score; the learner scales or clips them. `terminated` is game over,
     `truncated` the frame limit.
@@ -56,7 +43,7 @@ class AtariEnv(gym.Env):
 
     def __init__(self, env_id: str, screen_size: int = 42, frame_skip: int = 4, frame_stack: int = 4,
                  noop_max: int = 30, sticky_actions: float = 0.0, max_episode_frames: int = 108_000,
-                 render_mode: str | None = None, colour: str = "grey") -> None:
+                 render_mode: str | None = None, colour: bool = False) -> None:
         register_atari()
         # frameskip=1: the skip and its max-pooling happen here; no time limit: ours counts frames.
         self._base = gym.make(env_id, frameskip=1, repeat_action_probability=sticky_actions,
@@ -66,7 +53,7 @@ class AtariEnv(gym.Env):
         self._actions = list(self._emulator._action_set)
         self.render_mode = render_mode
         self.action_space = gym.spaces.Discrete(len(self._actions))
-        channels = 3 if colour == "rgb" else 1
+        channels = 3 if colour else 1
         self.observation_space = gym.spaces.Box(0, 255, (frame_stack * channels, screen_size, screen_size), np.uint8)
         self.screen_size = screen_size
         self.sticky_actions = sticky_actions
@@ -75,22 +62,16 @@ class AtariEnv(gym.Env):
         self.noop_max = noop_max
         self.max_episode_frames = max_episode_frames
         height, width = self._ale.getScreenDims()
-        pixel = (3,) if colour == "rgb" else ()
-        grab = {"grey": self._ale.getScreenGrayscale, "rgb": self._ale.getScreenRGB, "palette": self._grab_palette}
-        self._grab_screen: Callable[[np.ndarray], None] = grab[colour]
-        self._palette_screen = np.zeros((height, width), np.uint8)  # the colour bytes, with palette
+        pixel = (3,) if colour else ()
+        self._grab_screen = self._ale.getScreenRGB if colour else self._ale.getScreenGrayscale
         self._screens = np.zeros((2, height, width, *pixel), np.uint8)
         self._half = np.zeros((height // 2, width // 2, *pixel), np.uint8)
         # A colour frame is resized here, then its channels go to the stack's last three.
-        self._frame = np.zeros((screen_size, screen_size, *pixel), np.uint8) if colour == "rgb" else None
+        self._frame = np.zeros((screen_size, screen_size, *pixel), np.uint8) if colour else None
         self._stack = np.zeros((frame_stack * channels, screen_size, screen_size), np.uint8)
         self._episode_frames = 0
         # Called with every emulator frame (RGB) while set: video recording at the game's 60 fps.
         self.on_emulator_frame: Callable[[np.ndarray], None] | None = None
-
-    def _grab_palette(self, out: np.ndarray) -> None:
-        self._ale.getScreen(self._palette_screen)
-        cv2.LUT(self._palette_screen, PALETTE_LEVELS, dst=out)
 
     def _push_frame(self) -> None:
         # Max over the last two emulator frames removes Atari sprite flicker.
@@ -186,7 +167,7 @@ def make_env(config: Config, seed: int | None = None, render_mode: str | None = 
     if config.is_atari:
         env: gym.Env = AtariEnv(config.env_id, config.screen_size, config.frame_skip, config.frame_stack,
                                 config.noop_max, config.sticky_actions, config.max_episode_frames,
-                                render_mode=render_mode, colour=config.frame_colour)
+                                render_mode=render_mode, colour=config.frame_colour == "rgb")
     else:
         env = gym.make(config.env_id, render_mode=render_mode)
         obs_space, act_space = env.observation_space, env.action_space

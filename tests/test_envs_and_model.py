@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from a3c.config import Config, ConfigError
-from a3c.envs import make_env, palette_levels
+from a3c.envs import make_env
 from a3c.model import STANDARDIZE_EPS, ActorCritic, bind_flat_parameters, build_model
 from a3c.replay import ReplayTape
 
@@ -60,31 +60,6 @@ def test_colour_frames_stack_each_frames_red_green_and_blue_as_the_screen_shows_
     finally:
         env.close()
         grey.close()
-
-
-def test_palette_levels_give_each_console_colour_its_own_level_brightness_first():
-    levels = palette_levels().astype(int)
-    colour_bytes = np.arange(0, 256, 2)  # the console's 128 colours; bit 0 is unused
-    assert len(set(levels[colour_bytes])) == 128
-    luminance, hue = (colour_bytes >> 1) & 7, colour_bytes >> 4
-    order = np.lexsort((hue, luminance))  # luminance first, then hue
-    assert (np.diff(levels[colour_bytes][order]) > 0).all()
-    # Qbert (181, 83, 40: byte 52) and Coily (146, 70, 192: byte 102) share ALE's grey 107.
-    assert levels[52] != levels[102]
-
-
-def test_palette_frames_are_the_screen_in_palette_levels():
-    env = make_env(Config(env_id="ALE/Qbert-v5", frame_colour="palette"), seed=0)
-    try:
-        obs, _ = env.reset(seed=0)
-        assert obs.shape == env.observation_space.shape == (4, 84, 84) and obs.dtype == np.uint8
-        for _ in range(40):
-            obs, *_ = env.step(env.action_space.sample())
-        # The cube faces (84, 184, 153; byte 184) are the commonest colour after black.
-        commonest = collections.Counter(obs[-1].ravel().tolist()).most_common(2)
-        assert commonest[1][0] == palette_levels()[184]
-    finally:
-        env.close()
 
 
 def test_atari_reset_with_the_same_seed_replays_the_same_frames():
