@@ -40,6 +40,7 @@ class LearnerStats:
     reward_prediction_loss: float  # nan without reward prediction (a3c/auxiliary.py)
     reward_prediction_accuracy: float
     advantage_scale: float  # the root mean square of recent advantages (nan without entropy_relative)
+    clip_fraction: float  # further passes' share of samples outside the clip (nan with one pass)
     learning_rate: float
 
 

@@ -141,6 +141,9 @@ class UpdateStats:
     reward_prediction_loss: float = math.nan  # nan where the update predicted no rewards (a3c/auxiliary.py)
     reward_prediction_accuracy: float = math.nan
     advantage_scale: float = math.nan  # AdvantageScale's; nan: not kept
+    # The share of a further pass's samples whose ratio to the acting policy lies outside the clip
+    # (Stable-Baselines3's clip_fraction); nan where no further pass ran.
+    clip_fraction: float = math.nan
 
 
 class AdvantageScale:
@@ -220,6 +223,8 @@ def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, confi
         terms = UpdateStats(float(policy_loss), float(value_loss), float(entropy), math.nan, False,
                             float(residual.var(unbiased=False)), float(returns.var(unbiased=False)),
                             rollout.tape.active_units(), advantage_scale=scale)
+        if further_pass:
+            terms.clip_fraction = float(((ratio - 1).abs() > config.clip_ratio).float().mean())
     return loss, terms
 
 
@@ -422,14 +427,18 @@ class Worker:
     def update(self, rollout: Rollout) -> UpdateStats:
         """Compute this rollout's gradient (with reward prediction's, if on) and hand exactly it to
         the shared optimizer; then, for each further pass (rollout_passes), copy the shared weights
-        again and hand over the rollout's gradient under them. The first pass's statistics."""
+        again and hand over the rollout's gradient under them. The first pass's statistics, with the
+        further passes' mean clip fraction."""
         stats = self.step(rollout)
+        clip_fractions = []
         for _ in range(self.config.rollout_passes - 1):
             if self.shared.stop_requested():
                 break
             self.sync_weights()
             rollout.tape.reencode()
-            self.step(rollout, further_pass=True)
+            clip_fractions.append(self.step(rollout, further_pass=True).clip_fraction)
+        if clip_fractions:
+            stats.clip_fraction = float(np.mean(clip_fractions))
         return stats
 
     def step(self, rollout: Rollout, further_pass: bool = False) -> UpdateStats:
@@ -491,7 +500,7 @@ def _mean_stats(stats: list[UpdateStats]) -> dict[str, float]:
     return {**{name: mean(name) for name in ("policy_loss", "value_loss", "entropy", "grad_norm", "active_units",
                                               "staleness")},
             **{name: mean_of_finite(name) for name in ("reward_prediction_loss", "reward_prediction_accuracy",
-                                                        "advantage_scale")},
+                                                        "advantage_scale", "clip_fraction")},
             "explained_variance": explained, "staleness_max": float(max(s.staleness for s in stats))}
 
 

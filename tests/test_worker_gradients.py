@@ -270,8 +270,13 @@ def test_each_pass_hands_over_its_rollout_s_gradient_under_the_weights_it_copied
             steps = observations[:rollout.steps]
             acted = acting_log_probs_at(worker.model, acting_weights, steps, rollout.actions, body_dtype)
             assert torch.allclose(rollout.acting_log_probs, acted, atol=1e-4)
-            ratio = (acting_log_probs_at(worker.model, passes[2], steps, rollout.actions, body_dtype) - acted).exp()
-            moved_past_clip |= bool(((ratio - 1).abs() > config.clip_ratio).any())
+            outside = [(acting_log_probs_at(worker.model, weights, steps, rollout.actions, body_dtype) - acted
+                        ).exp().sub(1).abs() > config.clip_ratio for weights in passes[1:]]
+            moved_past_clip |= bool(outside[1].any())
+            # The update reports the further passes' mean share of clipped samples (16 a pass: one may
+            # fall on the other side of the clip in the worker's own number format).
+            expected_fraction = float(torch.stack(outside).float().mean())
+            assert stats.clip_fraction == pytest.approx(expected_fraction, abs=1 / 16)
     worker.close()
     assert lstm or moved_past_clip
 
@@ -297,14 +302,22 @@ def test_a_further_pass_s_loss_is_the_clipped_surrogate_and_its_first_the_a3c_lo
     log_probs = torch.log_softmax(logits, -1).gather(-1, rollout.actions.unsqueeze(-1)).squeeze(-1)
     rollout.acting_log_probs = log_probs.detach()  # as the worker's first pass keeps them
     # Under the weights that acted the ratio is 1: both losses have the same gradient.
-    first, _ = a3c_loss(rollout, logits, values, config)
-    further, _ = a3c_loss(rollout, logits, values, config, further_pass=True)
+    first, first_stats = a3c_loss(rollout, logits, values, config)
+    further, further_stats = a3c_loss(rollout, logits, values, config, further_pass=True)
     gradients = [torch.autograd.grad(loss, logits, retain_graph=True)[0] for loss in (first, further)]
     assert torch.allclose(gradients[0], gradients[1], atol=1e-6)
+    assert np.isnan(first_stats.clip_fraction) and further_stats.clip_fraction == 0.0
     # A policy moved by +0.5 in log-probability: the ratio counts up to 1.2 where the advantage is positive.
     moved = replace(rollout, acting_log_probs=log_probs.detach() - 0.5)
     surrogate = torch.minimum(math.exp(0.5) * advantages, 1.2 * advantages).sum() / 3
-    difference = float((a3c_loss(moved, logits, values, config, further_pass=True)[0] - first).detach())
+    moved_loss, moved_stats = a3c_loss(moved, logits, values, config, further_pass=True)
+    difference = float((moved_loss - first).detach())
+    assert moved_stats.clip_fraction == 1.0  # every ratio is e^0.5, outside 1 +- 0.2
+    # Half of the samples moved: half of them clipped.
+    half = log_probs.detach().clone()
+    half[: config.t_max // 2] -= 0.5
+    assert a3c_loss(replace(rollout, acting_log_probs=half), logits, values, config,
+                    further_pass=True)[1].clip_fraction == pytest.approx(0.5)
     expected = float((-surrogate + (log_probs * advantages).sum() / 3).detach())
     assert difference == pytest.approx(expected, rel=1e-4, abs=1e-6)
     with pytest.raises(ConfigError, match="clip_ratio"):
