@@ -20,8 +20,10 @@ REWARD_TRANSFORMS = ("auto", "clip", "scale", "normalize")
 BODIES = ("auto", "mnih2013", "mnih2015", "tutorial", "mlp")
 OPTIMIZERS = ("adam", "rmsprop")
 FRAME_NORMS = ("background", "scale")
-FRAME_COLOURS = ("grey", "rgb")
+FRAME_COLOURS = ("grey", "rgb", "rgb-newest")
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
+GREY, RED, GREEN, BLUE = range(4)  # what a channel of an image observation holds (Config.observation_colours)
+RGB = (RED, GREEN, BLUE)
 # The default learning rate of each optimizer, for any number of workers (Config.learning_rate).
 # RMSProp's is baselines' A2C's (and pytorch-a2c-ppo-acktr's), not searched here.
 DEFAULT_LR = {"adam": 3e-4, "rmsprop": 7e-4}
@@ -67,8 +69,9 @@ class Config:
     frame_skip: int = field(default=4, metadata=_help("emulator frames per agent step, the last two max-pooled"))
     frame_stack: int = field(default=4, metadata=_help("frames stacked into one observation"))
     frame_colour: str = field(default="grey", metadata=_help(
-        "what a frame holds: grey (ALE's luminance, one channel) or rgb (three channels, so that colours of "
-        "one grey level stay apart)"))
+        "what a frame holds: grey (ALE's luminance, one channel), rgb (three channels, so that colours of one "
+        "grey level stay apart) or rgb-newest (the newest frame in rgb, the older ones grey: colour at less "
+        "compute)"))
     noop_max: int = field(default=30, metadata=_help("up to this many no-op steps at each reset"))
     sticky_actions: float = field(default=0.0, metadata=_help(
         "probability that the emulator repeats the previous action (ALE v5's own default is 0.25)"))
@@ -215,9 +218,13 @@ class Config:
         return self.frame_skip if self.is_atari else 1
 
     @property
-    def colour_channels(self) -> int:
-        """Channels of one frame: 3 with rgb frames, else 1."""
-        return 3 if self.frame_colour == "rgb" else 1
+    def observation_colours(self) -> tuple[int, ...]:
+        """What each channel of an image observation holds, oldest frame first: GREY, RED, GREEN or BLUE."""
+        if self.frame_colour == "rgb":
+            return RGB * self.frame_stack
+        if self.frame_colour == "rgb-newest":
+            return (GREY,) * (self.frame_stack - 1) + RGB
+        return (GREY,) * self.frame_stack
 
     @property
     def model_body(self) -> str:
@@ -370,7 +377,8 @@ def validate(config: Config) -> None:
     if not 0 < config.rmsprop_alpha < 1:
         raise ConfigError(f"rmsprop_alpha must lie in (0, 1), got {config.rmsprop_alpha}")
     if config.frame_colour not in FRAME_COLOURS:
-        raise ConfigError(f"frame_colour must be {' or '.join(FRAME_COLOURS)}; got {config.frame_colour!r}")
+        raise ConfigError(f"frame_colour must be {', '.join(FRAME_COLOURS[:-1])} or {FRAME_COLOURS[-1]}; "
+                          f"got {config.frame_colour!r}")
     if config.frame_norm not in FRAME_NORMS:
         raise ConfigError(f"frame_norm must be {' or '.join(FRAME_NORMS)}; got {config.frame_norm!r}")
     if config.optimizer not in OPTIMIZERS:
@@ -387,8 +395,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"eval_cpu_share must lie in (0, 1], got {config.eval_cpu_share}")
     if config.eval_device not in ("auto", "cuda", "cpu"):
         raise ConfigError(f"eval_device must be auto, cuda or cpu; got {config.eval_device!r}")
-    if config.frame_colour == "rgb" and not config.is_atari:
-        raise ConfigError(f"{config.env_id} has vector observations: frame_colour rgb is for Atari frames")
+    if config.frame_colour != "grey" and not config.is_atari:
+        raise ConfigError(f"{config.env_id} has vector observations: frame_colour {config.frame_colour} is for "
+                          "Atari frames")
     if config.is_atari and config.model_body == "mlp":
         raise ConfigError("an Atari game needs a conv body (mnih2013 or tutorial), not mlp")
     if not config.is_atari and config.model_body != "mlp":

@@ -50,7 +50,7 @@ class ActorCritic(nn.Module):
     positive), an auxiliary task that trains the body only (a3c/auxiliary.py).
 
     uint8 image observations are scaled to [0, 1] (or, with frame_norm background, centred on their
-    commonest value, per colour channel with `colours` 3, and amplified per observation) inside, so
+    commonest value, per colour of `channel_colours`, and amplified per observation) inside, so
     workers keep frames in uint8. The body is ReLU for images, tanh for vectors.
     The body calls the functional ops directly: a worker runs it once per step on a few frames,
     where nn.Module call overhead was about a fifth of the time.
@@ -58,10 +58,11 @@ class ActorCritic(nn.Module):
 
     def __init__(self, obs_shape: tuple[int, ...], n_actions: int, body: str = "tutorial",
                  lstm: bool = False, mlp_hidden: int = 64, frame_norm: str = "scale",
-                 reward_prediction: bool = False, colours: int = 1) -> None:
+                 reward_prediction: bool = False, channel_colours: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.obs_shape = tuple(obs_shape)
-        self.colours = colours  # channels of one frame (its stacked frames' channels alternate)
+        # What each input channel holds (Config.observation_colours); None: all one colour (grey).
+        self.channel_colours = channel_colours
         self.n_actions = n_actions
         self.is_image = body != "mlp"
         self.frame_norm = frame_norm if self.is_image else "none"  # vector observations go in as they are
@@ -140,7 +141,7 @@ class ActorCritic(nn.Module):
         if self.frame_norm == "scale":  # a copy then in-place scaling: half the time of a mixed uint8-by-float multiply
             x.mul_(1.0 / 255.0)
         elif self.frame_norm == "background":  # in place, as the scaling, so into the tape too
-            scale, shift = _background_removal(obs, x.dtype, self.colours)
+            scale, shift = _background_removal(obs, x.dtype, self.channel_colours)
             x.mul_(scale).sub_(shift)
         return self.encode_scaled(x, weights, record)
 
@@ -193,14 +194,15 @@ def _rows(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 2, 3, 1).reshape(len(pixels), -1)
 
 
-def _background_removal(pixels: torch.Tensor, dtype: torch.dtype, colours: int = 1
+def _background_removal(pixels: torch.Tensor, dtype: torch.dtype, channel_colours: tuple[int, ...] | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per observation of a uint8 batch of frames: the factor and the offsets, in `dtype`, that make
     it (pixels - commonest) / 255 / (std + STANDARDIZE_EPS), the commonest value taken per colour
-    channel (the background's colour) and the std over all. The statistics come from 256-bin
-    histograms, one per observation and colour (torch.mode sorts, and a float copy of the frames for
-    the sums cost more than the histogram)."""
-    per_colour = _histograms(pixels, colours)
+    (the background's colour; `channel_colours` says what each channel holds, None all one) and the
+    std over all. The statistics come from 256-bin histograms, one per observation and colour
+    (torch.mode sorts, and a float copy of the frames for the sums cost more than the histogram)."""
+    colours = sorted(set(channel_colours or (0,)))
+    per_colour = _histograms(pixels, channel_colours)
     commonest = per_colour.argmax(2)  # (batch, colours); the first of equal counts: the lowest value of a tie
     counts = per_colour.sum(1)
     weights = counts.double()
@@ -210,18 +212,23 @@ def _background_removal(pixels: torch.Tensor, dtype: torch.dtype, colours: int =
     variance = (weights @ (values * values) / total - mean * mean).clamp_min(0.0)
     scale = 1.0 / (variance.sqrt() + 255.0 * STANDARDIZE_EPS)
     shift = commonest * scale.unsqueeze(1)
-    if colours > 1:  # the channels go frame by frame, each frame's colours in turn
-        shift = shift.repeat(1, pixels.shape[1] // colours)
+    if len(colours) > 1:  # each channel's own colour's
+        assert channel_colours is not None
+        shift = shift[:, [colours.index(colour) for colour in channel_colours]]
     return scale.to(dtype).view(-1, 1, 1, 1), shift.to(dtype).view(len(pixels), -1, 1, 1)
 
 
-def _histograms(pixels: torch.Tensor, colours: int = 1) -> torch.Tensor:
-    """(batch, colours, 256) counts of each pixel value per observation of a uint8 batch and colour
-    channel."""
-    if colours == 1:
+def _histograms(pixels: torch.Tensor, channel_colours: tuple[int, ...] | None = None) -> torch.Tensor:
+    """(batch, colours, 256) counts of each pixel value per observation of a uint8 batch and colour,
+    the colours in order of their number (`channel_colours` as in _background_removal)."""
+    colours = sorted(set(channel_colours or (0,)))
+    if len(colours) == 1:
         return torch.stack([torch.bincount(row, minlength=256) for row in _rows(pixels)]).unsqueeze(1)
-    return torch.stack([torch.stack([torch.bincount(row[colour::colours], minlength=256)
-                                     for colour in range(colours)]) for row in _rows(pixels)])
+    assert channel_colours is not None
+    pixel_channels = _rows(pixels).view(len(pixels), -1, pixels.shape[1])  # (batch, pixels, channels), a view
+    groups = [[channel for channel, held in enumerate(channel_colours) if held == colour] for colour in colours]
+    return torch.stack([torch.stack([torch.bincount(row[:, group].flatten(), minlength=256) for group in groups])
+                        for row in pixel_channels])
 
 
 def commonest_values(pixels: torch.Tensor) -> list[int]:
@@ -265,7 +272,8 @@ def setup_cpu_compute() -> None:
 
 def build_model(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> ActorCritic:
     return ActorCritic(obs_shape, n_actions, config.model_body, config.lstm, config.mlp_hidden, config.frame_norm,
-                       reward_prediction=config.reward_prediction_coef > 0, colours=config.colour_channels)
+                       reward_prediction=config.reward_prediction_coef > 0,
+                       channel_colours=config.observation_colours if config.is_atari else None)
 
 
 def parameter_count(model: nn.Module) -> int:

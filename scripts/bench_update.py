@@ -88,7 +88,7 @@ def main() -> None:
         keep_freed_memory()
     torch.manual_seed(0)
     config = Config(body=args.body, screen_size=args.screen_size)
-    model = build_model(config, (config.frame_stack * config.colour_channels, config.screen_size, config.screen_size), 14)
+    model = build_model(config, (len(config.observation_colours), config.screen_size, config.screen_size), 14)
     optimizer = SharedAdam([bind_flat_parameters(model).share_memory_()])
     print(f"{'envs':>4} " + " ".join(f"{name:>14}" for name in COLUMNS) + "   (ms per agent step of all B environments)")
     for batch in args.envs:

@@ -37,7 +37,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     (["--gae-lambda", "-0.1"], "gae_lambda must lie in (0, 1]"),
     (["--runs-dir", "/proc/a3c-runs"], "cannot create run directory"),
     (["--precision", "float16"], "precision must be auto, float32 or bfloat16; got 'float16'"),
-    (["--frame-colour", "hsv"], "frame_colour must be grey or rgb; got 'hsv'"),
+    (["--frame-colour", "hsv"], "frame_colour must be grey, rgb or rgb-newest; got 'hsv'"),
     (["--frame-colour", "rgb"], "CartPole-v1 has vector observations: frame_colour rgb is for Atari frames"),
 ])
 def test_bad_training_input(flags, message, tmp_path, capsys):

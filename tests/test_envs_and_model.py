@@ -5,11 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from a3c.config import Config, ConfigError
+from a3c.config import GREY, RGB, Config, ConfigError
 from a3c.envs import make_env
 from a3c.model import STANDARDIZE_EPS, ActorCritic, bind_flat_parameters, build_model
 from a3c.replay import ReplayTape
@@ -60,6 +61,31 @@ def test_colour_frames_stack_each_frames_red_green_and_blue_as_the_screen_shows_
     finally:
         env.close()
         grey.close()
+
+
+def test_rgb_newest_frames_hold_the_newest_frame_in_colour_and_the_older_ones_in_grey():
+    seeded = [make_env(Config(env_id="ALE/Qbert-v5", frame_colour=colour), seed=0)
+              for colour in ("rgb-newest", "rgb", "grey")]
+    try:
+        observations = [[env.reset(seed=0)[0]] for env in seeded]
+        assert seeded[0].observation_space.shape == observations[0][0].shape == (6, 84, 84)
+        for _ in range(40):
+            action = seeded[0].action_space.sample()
+            for env, frames in zip(seeded, observations, strict=True):
+                frames.append(env.step(action)[0])
+        newest, rgb, grey = (frames[-1] for frames in observations)
+        assert np.array_equal(newest[-3:], rgb[-3:])  # the same emulation: the same colour frame
+        # The three older frames are grey, as ALE's grey frames within one level of rounding.
+        assert np.abs(newest[:3].astype(int) - grey[:3]).max() <= 1
+        assert np.abs(newest[:3].astype(int) - grey[:3]).mean() < 0.5
+        # The stack shifts by one frame each step: the last newest joins the grey ones.
+        before = observations[0][-2]
+        assert np.array_equal(newest[:2], before[1:3])
+        assert np.array_equal(newest[2], cv2.cvtColor(np.ascontiguousarray(before[-3:].transpose(1, 2, 0)),
+                                                      cv2.COLOR_RGB2GRAY))
+    finally:
+        for env in seeded:
+            env.close()
 
 
 def test_atari_reset_with_the_same_seed_replays_the_same_frames():
@@ -148,7 +174,7 @@ def test_the_body_sees_frames_scaled_or_less_their_background_per_observation(fr
 def test_colour_frames_lose_their_background_colour_channel_by_channel():
     # Two stacked RGB frames: a blue background under noisy sprites; each channel less the
     # background's value in it, all over the observation's one standard deviation.
-    model = ActorCritic((6, 42, 42), 5, "tutorial", frame_norm="background", colours=3)
+    model = ActorCritic((6, 42, 42), 5, "tutorial", frame_norm="background", channel_colours=(1, 2, 3) * 2)
     obs = torch.randint(0, 256, (2, 6, 42, 42), dtype=torch.uint8)
     background = torch.tensor([66, 72, 200], dtype=torch.uint8)
     obs[:, :, 12:] = background.repeat(2).view(1, 6, 1, 1)
@@ -162,6 +188,18 @@ def test_colour_frames_lose_their_background_colour_channel_by_channel():
     expected = (obs.double() / 255 - shift) / (deviation + STANDARDIZE_EPS)
     torch.testing.assert_close(tape.inputs().double(), expected, rtol=1e-5, atol=1e-5)
     assert tape.inputs()[:, :, 12:].abs().max() < 1e-6  # the background is zero in every channel
+    # rgb-newest: two grey frames and a colour one; the grey ones lose the grey background's level.
+    layout = (GREY, GREY, *RGB)
+    model = ActorCritic((5, 42, 42), 5, "tutorial", frame_norm="background", channel_colours=layout)
+    obs = torch.randint(0, 256, (2, 5, 42, 42), dtype=torch.uint8)
+    background = torch.tensor([90, 90, 66, 72, 200], dtype=torch.uint8)
+    obs[:, :, 12:] = background.view(1, 5, 1, 1)
+    tape = ReplayTape(model, steps=1, batch=2, dtype=torch.float32)
+    tape.start()
+    tape.act(obs, None)
+    deviation = (obs.double().flatten(1) / 255).std(1, correction=0).view(2, 1, 1, 1)
+    expected = (obs.double() - background.double().view(1, 5, 1, 1)) / 255 / (deviation + STANDARDIZE_EPS)
+    torch.testing.assert_close(tape.inputs().double(), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow
