@@ -69,9 +69,8 @@ class Config:
     frame_skip: int = field(default=4, metadata=_help("emulator frames per agent step, the last two max-pooled"))
     frame_stack: int = field(default=4, metadata=_help("frames stacked into one observation"))
     frame_colour: str = field(default="grey", metadata=_help(
-        "what a frame holds: grey (ALE's luminance, one channel), rgb (three channels, so that colours of one "
-        "grey level stay apart) or rgb-newest (the newest frame in rgb, the older ones grey: colour at less "
-        "compute)"))
+        "what a frame holds: grey (ALE's luminance), rgb (three channels, so that colours of one grey level "
+        "stay apart) or rgb-newest (the newest frame rgb, the older grey: less compute)"))
     noop_max: int = field(default=30, metadata=_help("up to this many no-op steps at each reset"))
     sticky_actions: float = field(default=0.0, metadata=_help(
         "probability that the emulator repeats the previous action (ALE v5's own default is 0.25)"))
