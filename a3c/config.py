@@ -24,6 +24,16 @@ FRAME_COLOURS = ("grey", "rgb", "rgb-newest")
 BFLOAT16_MIN_ENVS = 4  # see Config.network_precision
 GREY, RED, GREEN, BLUE = range(4)  # what a channel of an image observation holds (Config.observation_colours)
 RGB = (RED, GREEN, BLUE)
+
+
+def observation_colours(frame_colour: str, frame_stack: int) -> tuple[int, ...]:
+    """What each channel of an image observation holds, oldest frame first: GREY, RED, GREEN or BLUE."""
+    if frame_colour == "rgb":
+        return RGB * frame_stack
+    if frame_colour == "rgb-newest":
+        return (GREY,) * (frame_stack - 1) + RGB
+    return (GREY,) * frame_stack
+
 # The default learning rate of each optimizer, for any number of workers (Config.learning_rate).
 # RMSProp's is baselines' A2C's (and pytorch-a2c-ppo-acktr's), not searched here.
 DEFAULT_LR = {"adam": 3e-4, "rmsprop": 7e-4}
@@ -218,12 +228,7 @@ class Config:
 
     @property
     def observation_colours(self) -> tuple[int, ...]:
-        """What each channel of an image observation holds, oldest frame first: GREY, RED, GREEN or BLUE."""
-        if self.frame_colour == "rgb":
-            return RGB * self.frame_stack
-        if self.frame_colour == "rgb-newest":
-            return (GREY,) * (self.frame_stack - 1) + RGB
-        return (GREY,) * self.frame_stack
+        return observation_colours(self.frame_colour, self.frame_stack)
 
     @property
     def model_body(self) -> str:

@@ -16,7 +16,7 @@ import cv2
 import gymnasium as gym
 import numpy as np
 
-from a3c.config import Config, ConfigError
+from a3c.config import GREY, Config, ConfigError, observation_colours
 
 _registered = False
 
@@ -56,9 +56,9 @@ class AtariEnv(gym.Env):
         self.render_mode = render_mode
         self.action_space = gym.spaces.Discrete(len(self._actions))
         colour = frame_colour != "grey"
-        # Grey frames in the stack: all of them, none, or all but the newest.
-        self._greys = {"grey": frame_stack, "rgb": 0, "rgb-newest": frame_stack - 1}[frame_colour]
-        channels = 3 * (frame_stack - self._greys) + self._greys
+        layout = observation_colours(frame_colour, frame_stack)
+        channels = len(layout)
+        self._greys = layout.count(GREY)  # grey frames in the stack: all, none, or all but the newest
         self.observation_space = gym.spaces.Box(0, 255, (channels, screen_size, screen_size), np.uint8)
         self.screen_size = screen_size
         self.sticky_actions = sticky_actions

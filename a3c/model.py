@@ -61,8 +61,11 @@ class ActorCritic(nn.Module):
                  reward_prediction: bool = False, channel_colours: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.obs_shape = tuple(obs_shape)
-        # What each input channel holds (Config.observation_colours); None: all one colour (grey).
-        self.channel_colours = channel_colours
+        # The input channels of each colour (Config.observation_colours), whose background is taken
+        # apart; None where all hold one colour (grey frames).
+        colours = sorted(set(channel_colours or ()))
+        self.colour_groups = None if len(colours) <= 1 else [
+            [channel for channel, held in enumerate(channel_colours or ()) if held == colour] for colour in colours]
         self.n_actions = n_actions
         self.is_image = body != "mlp"
         self.frame_norm = frame_norm if self.is_image else "none"  # vector observations go in as they are
@@ -141,7 +144,7 @@ class ActorCritic(nn.Module):
         if self.frame_norm == "scale":  # a copy then in-place scaling: half the time of a mixed uint8-by-float multiply
             x.mul_(1.0 / 255.0)
         elif self.frame_norm == "background":  # in place, as the scaling, so into the tape too
-            scale, shift = _background_removal(obs, x.dtype, self.channel_colours)
+            scale, shift = _background_removal(obs, x.dtype, self.colour_groups)
             x.mul_(scale).sub_(shift)
         return self.encode_scaled(x, weights, record)
 
@@ -194,15 +197,14 @@ def _rows(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 2, 3, 1).reshape(len(pixels), -1)
 
 
-def _background_removal(pixels: torch.Tensor, dtype: torch.dtype, channel_colours: tuple[int, ...] | None = None
+def _background_removal(pixels: torch.Tensor, dtype: torch.dtype, colour_groups: list[list[int]] | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per observation of a uint8 batch of frames: the factor and the offsets, in `dtype`, that make
     it (pixels - commonest) / 255 / (std + STANDARDIZE_EPS), the commonest value taken per colour
-    (the background's colour; `channel_colours` says what each channel holds, None all one) and the
+    (the background's colour; `colour_groups` lists each colour's channels, None: all one) and the
     std over all. The statistics come from 256-bin histograms, one per observation and colour
     (torch.mode sorts, and a float copy of the frames for the sums cost more than the histogram)."""
-    colours = sorted(set(channel_colours or (0,)))
-    per_colour = _histograms(pixels, channel_colours)
+    per_colour = _histograms(pixels, colour_groups)
     commonest = per_colour.argmax(2)  # (batch, colours); the first of equal counts: the lowest value of a tie
     counts = per_colour.sum(1)
     weights = counts.double()
@@ -212,23 +214,22 @@ def _background_removal(pixels: torch.Tensor, dtype: torch.dtype, channel_colour
     variance = (weights @ (values * values) / total - mean * mean).clamp_min(0.0)
     scale = 1.0 / (variance.sqrt() + 255.0 * STANDARDIZE_EPS)
     shift = commonest * scale.unsqueeze(1)
-    if len(colours) > 1:  # each channel's own colour's
-        assert channel_colours is not None
-        shift = shift[:, [colours.index(colour) for colour in channel_colours]]
+    if colour_groups is not None:  # each channel its own colour's
+        per_channel = shift.new_empty(len(pixels), pixels.shape[1])
+        for colour, channels in enumerate(colour_groups):
+            per_channel[:, channels] = shift[:, colour:colour + 1]
+        shift = per_channel
     return scale.to(dtype).view(-1, 1, 1, 1), shift.to(dtype).view(len(pixels), -1, 1, 1)
 
 
-def _histograms(pixels: torch.Tensor, channel_colours: tuple[int, ...] | None = None) -> torch.Tensor:
-    """(batch, colours, 256) counts of each pixel value per observation of a uint8 batch and colour,
-    the colours in order of their number (`channel_colours` as in _background_removal)."""
-    colours = sorted(set(channel_colours or (0,)))
-    if len(colours) == 1:
+def _histograms(pixels: torch.Tensor, colour_groups: list[list[int]] | None = None) -> torch.Tensor:
+    """(batch, colours, 256) counts of each pixel value per observation of a uint8 batch and colour
+    (`colour_groups` as in _background_removal)."""
+    if colour_groups is None:
         return torch.stack([torch.bincount(row, minlength=256) for row in _rows(pixels)]).unsqueeze(1)
-    assert channel_colours is not None
     pixel_channels = _rows(pixels).view(len(pixels), -1, pixels.shape[1])  # (batch, pixels, channels), a view
-    groups = [[channel for channel, held in enumerate(channel_colours) if held == colour] for colour in colours]
-    return torch.stack([torch.stack([torch.bincount(row[:, group].flatten(), minlength=256) for group in groups])
-                        for row in pixel_channels])
+    return torch.stack([torch.stack([torch.bincount(row[:, channels].flatten(), minlength=256)
+                                     for channels in colour_groups]) for row in pixel_channels])
 
 
 def commonest_values(pixels: torch.Tensor) -> list[int]:
