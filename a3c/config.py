@@ -41,6 +41,12 @@ DEFAULT_LR = {"adam": 3e-4, "rmsprop": 7e-4}
 # its mean gradient and the workers' staleness add up to, kept at what they are with 2 workers.
 DEFAULT_ADAM_BETA1 = 0.9
 LAG_UPDATES = 10
+# The further passes' default clip (Config.further_pass_clip): CLIP_RATIO_FEW up to FEW_WORKERS, wider
+# in proportion to the workers up to CLIP_RATIO_MANY at MANY_WORKERS, and kept there. The later an
+# update lands, the further the policy has moved from the one that acted (docs/experiments.md, "Late
+# gradients at many workers").
+FEW_WORKERS, CLIP_RATIO_FEW = 2, 0.1
+MANY_WORKERS, CLIP_RATIO_MANY = 16, 0.2
 
 
 class ConfigError(ValueError):
@@ -117,8 +123,9 @@ class Config:
     rollout_passes: int = field(default=2, metadata=_help(
         "steps on each rollout: after the first, the worker copies the shared weights again and steps on the "
         "same rollout with PPO's clipped ratio to the policy that acted; 1 is the A3C paper's"))
-    clip_ratio: float = field(default=0.1, metadata=_help(
-        "how far from 1 the further passes' probability ratio counts (PPO's clip)"))
+    clip_ratio: float | None = field(default=None, metadata=_help(
+        "how far from 1 the further passes' probability ratio counts (PPO's clip)",
+        "0.1 up to 2 workers, wider with more, 0.2 from 16 (see Config.further_pass_clip)"))
     optimizer: str = field(default="adam", metadata=_help(
         "the shared optimizer: adam, or rmsprop (the A3C paper's shared RMSProp)"))
     lr: float | None = field(default=None, metadata=_help(
@@ -263,6 +270,17 @@ class Config:
         return min(DEFAULT_ADAM_BETA1, momentum_lag / (momentum_lag + 1)), self.adam_beta2
 
     @property
+    def further_pass_clip(self) -> float:
+        """`clip_ratio`, by default from the number of workers: the more workers, the more updates
+        land between the acting copy of the weights and a further pass's, so the further the policy
+        has moved and the more samples a narrow clip leaves without a gradient (train/clip_fraction).
+        Linear in the workers between the counts measured, FEW_WORKERS and MANY_WORKERS."""
+        if self.clip_ratio is not None:
+            return self.clip_ratio
+        share = min(1.0, max(0.0, (self.workers - FEW_WORKERS) / (MANY_WORKERS - FEW_WORKERS)))
+        return CLIP_RATIO_FEW + share * (CLIP_RATIO_MANY - CLIP_RATIO_FEW)
+
+    @property
     def network_precision(self) -> str:
         """`precision` resolved on this machine: float32 or bfloat16."""
         if self.precision != "auto":
@@ -369,7 +387,8 @@ def validate(config: Config) -> None:
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(config, name)}")
     _positive("max_grad_norm", config.max_grad_norm)
-    _positive("clip_ratio", config.clip_ratio)
+    if config.clip_ratio is not None:
+        _positive("clip_ratio", config.clip_ratio)
     if not 0 <= config.sticky_actions < 1:
         raise ConfigError(f"sticky_actions must lie in [0, 1), got {config.sticky_actions}")
     if config.reward_scale is not None:

@@ -75,9 +75,10 @@ def worker_shares(workers: int, nodes: int) -> list[list[int]]:
 
 
 def node_config(config: Config, workers: int) -> Config:
-    """A node's settings: its share of the workers, at the learning rate and Adam momentum of all of
-    them (the cluster's weights move with every node's updates)."""
-    return replace(config, workers=workers, lr=config.learning_rate, adam_beta1=config.adam_betas[0])
+    """A node's settings: its share of the workers, at the learning rate, Adam momentum and further
+    passes' clip of all of them (the cluster's weights move with every node's updates)."""
+    return replace(config, workers=workers, lr=config.learning_rate, adam_beta1=config.adam_betas[0],
+                   clip_ratio=config.further_pass_clip)
 
 
 def node_decay_power(workers: int, node_workers: int) -> float:

@@ -32,7 +32,7 @@ from a3c.checkpoint import (
     restore_training,
     writing,
 )
-from a3c.config import DEFAULT_ADAM_BETA1, Config, ConfigError, validate
+from a3c.config import DEFAULT_ADAM_BETA1, FEW_WORKERS, Config, ConfigError, validate
 from a3c.envs import env_spaces
 from a3c.logger import RunLogger
 from a3c.messages import (
@@ -103,11 +103,9 @@ def check_model_fits(config: Config, obs_shape: tuple[int, ...], n_actions: int)
 def choices_line(config: Config) -> str:
     """The start line: what the run chose where a setting was left to this machine or to the number
     of workers, and why."""
-    passes = ("one step on each rollout (A3C's)" if config.rollout_passes == 1 else
-              f"{config.rollout_passes} steps on each rollout, the further ones clipped at {config.clip_ratio:g}")
     return (f"network precision: {config.network_precision}" + (" (auto)" if config.precision == "auto" else "")
             + f"; {config.optimizer} learning rate {config.learning_rate:.3g}"
-            + (" (the default)" if config.lr is None else "") + adam_momentum_choice(config) + f"; {passes}")
+            + (" (the default)" if config.lr is None else "") + adam_momentum_choice(config) + "; " + further_pass_choice(config))
 
 
 def adam_momentum_choice(config: Config) -> str:
@@ -121,6 +119,20 @@ def adam_momentum_choice(config: Config) -> str:
         return f", beta1 {beta1:.3g} (the default)"
     return (f", beta1 {beta1:.3g} (the default for {config.workers} workers: each update lands "
             f"{config.workers - 1} or more others late, a lag that momentum would add to)")
+
+
+def further_pass_choice(config: Config) -> str:
+    """The start line's words on the steps taken on each rollout and, where the further passes' clip
+    is the default, why it is what it is."""
+    if config.rollout_passes == 1:
+        return "one step on each rollout (A3C's)"
+    words = f"{config.rollout_passes} steps on each rollout, the further ones clipped at {config.further_pass_clip:.3g}"
+    if config.clip_ratio is not None:
+        return words
+    if config.workers <= FEW_WORKERS:
+        return words + " (the default)"
+    return words + (f" (the default for {config.workers} workers: the policy moves further between acting "
+                    f"and a further step, as more updates land in between)")
 
 
 class RemoteWorkers(Protocol):

@@ -211,7 +211,8 @@ def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, confi
     if further_pass:
         assert rollout.acting_log_probs is not None, "the first pass keeps the acting policy's log-probabilities"
         ratio = (action_log_probs - rollout.acting_log_probs).exp()
-        clipped = ratio.clamp(1 - config.clip_ratio, 1 + config.clip_ratio)
+        clip = config.further_pass_clip
+        clipped = ratio.clamp(1 - clip, 1 + clip)
         policy_loss = -torch.minimum(ratio * advantages, clipped * advantages).sum() / batch
     else:
         policy_loss = -(action_log_probs * advantages).sum() / batch
@@ -224,7 +225,7 @@ def a3c_loss(rollout: Rollout, logits: torch.Tensor, values: torch.Tensor, confi
                             float(residual.var(unbiased=False)), float(returns.var(unbiased=False)),
                             rollout.tape.active_units(), advantage_scale=scale)
         if further_pass:
-            terms.clip_fraction = float(((ratio - 1).abs() > config.clip_ratio).float().mean())
+            terms.clip_fraction = float(((ratio - 1).abs() > clip).float().mean())
     return loss, terms
 
 

@@ -341,7 +341,7 @@ def test_without_ray_installed_it_says_how_to_install_it(tmp_path):
     assert result.stderr.strip() == "a3c: error: training on Ray needs the ray package: pip install 'a3c[ray]'"
 
 
-def test_a_node_runs_its_share_of_the_workers_at_the_learning_rate_and_momentum_of_all(monkeypatch):
+def test_a_node_runs_its_share_of_the_workers_at_the_learning_rate_momentum_and_clip_of_all(monkeypatch):
     monkeypatch.setenv(KEEP_LOOPBACK_ENV, "0")  # read when ray is first imported
     ray_cluster = pytest.importorskip("a3c.ray_cluster", reason="Ray is not installed (pip install 'a3c[ray]')")
     from a3c.config import Config
@@ -351,6 +351,7 @@ def test_a_node_runs_its_share_of_the_workers_at_the_learning_rate_and_momentum_
         assert node.workers == 8
         assert node.lr == node.learning_rate == cluster_config.learning_rate
         assert node.adam_betas == cluster_config.adam_betas  # the momentum of 16 workers, not of 8
+        assert node.further_pass_clip == cluster_config.further_pass_clip  # and their clip
 
 
 def test_a_node_s_optimizer_forgets_as_fast_per_cluster_update_as_one_machine_s(monkeypatch):

@@ -95,7 +95,7 @@ def reference_gradient(model, weights: torch.Tensor, rollout: Rollout, observati
     loss = reference.a3c_loss(fresh, observations[:rollout.steps], state, rollout.actions, rollout.rewards,
                               rollout.next_values, rollout.terminated, rollout.ended, config.gamma,
                               config.gae_lambda, config.entropy_coef, config.value_loss_coef, body_dtype,
-                              entropy_scale, *acting, config.clip_ratio)
+                              entropy_scale, *acting, config.further_pass_clip)
     if reward_batch is not None:
         # A rollout's one batch, in its first pass, weighted for all its passes.
         weight = config.rollout_passes * config.reward_prediction_coef
@@ -271,7 +271,7 @@ def test_each_pass_hands_over_its_rollout_s_gradient_under_the_weights_it_copied
             acted = acting_log_probs_at(worker.model, acting_weights, steps, rollout.actions, body_dtype)
             assert torch.allclose(rollout.acting_log_probs, acted, atol=1e-4)
             outside = [(acting_log_probs_at(worker.model, weights, steps, rollout.actions, body_dtype) - acted
-                        ).exp().sub(1).abs() > config.clip_ratio for weights in passes[1:]]
+                        ).exp().sub(1).abs() > config.further_pass_clip for weights in passes[1:]]
             moved_past_clip |= bool(outside[1].any())
             # The update reports the further passes' mean share of clipped samples (16 a pass: one may
             # fall on the other side of the clip in the worker's own number format).
@@ -481,9 +481,22 @@ def test_the_start_line_says_what_was_chosen_for_the_workers_and_why():
     line = choices_line(Config(env_id="CartPole-v1", workers=16, precision="float32"))
     assert line == ("network precision: float32; adam learning rate 0.0003 (the default), beta1 0 (the default for "
                     "16 workers: each update lands 15 or more others late, a lag that momentum would add to); "
-                    "2 steps on each rollout, the further ones clipped at 0.1")
+                    "2 steps on each rollout, the further ones clipped at 0.2 (the default for 16 workers: the "
+                    "policy moves further between acting and a further step, as more updates land in between)")
     assert choices_line(Config(workers=2, lr=1e-3, rollout_passes=1)).endswith(
         "learning rate 0.001, beta1 0.9 (the default); one step on each rollout (A3C's)")
+    assert choices_line(Config(workers=2)).endswith("the further ones clipped at 0.1 (the default)")
+    assert choices_line(Config(workers=16, clip_ratio=0.3)).endswith("the further ones clipped at 0.3")
+
+
+def test_the_further_passes_default_clip_widens_with_the_workers_between_the_counts_measured():
+    # More workers, more updates between acting and a further pass: 0.1 up to 2 workers, 0.2 from 16.
+    clips = [Config(workers=workers).further_pass_clip for workers in (1, 2, 9, 16, 32)]
+    assert clips == pytest.approx([0.1, 0.1, 0.15, 0.2, 0.2])
+    assert Config(workers=16, clip_ratio=0.1).further_pass_clip == 0.1  # a given clip is kept
+    config = Config(workers=16)
+    assert Config.from_saved(config.to_dict()).further_pass_clip == 0.2  # saved as the default, resolved again
+    assert Config.from_saved({**config.to_dict(), "clip_ratio": 0.1}).further_pass_clip == 0.1  # an older run's
 
 
 @pytest.mark.parametrize("env_id,frame_stack,precision", [
