@@ -125,7 +125,8 @@ class Config:
         "same rollout with PPO's clipped ratio to the policy that acted; 1 is the A3C paper's"))
     clip_ratio: float | None = field(default=None, metadata=_help(
         "how far from 1 the further passes' probability ratio counts (PPO's clip)",
-        "0.1 up to 2 workers, wider with more, 0.2 from 16 (see Config.further_pass_clip)"))
+        f"{CLIP_RATIO_FEW:g} up to {FEW_WORKERS} workers, wider with more, {CLIP_RATIO_MANY:g} from {MANY_WORKERS} "
+        "(see Config.further_pass_clip)"))
     optimizer: str = field(default="adam", metadata=_help(
         "the shared optimizer: adam, or rmsprop (the A3C paper's shared RMSProp)"))
     lr: float | None = field(default=None, metadata=_help(
@@ -376,7 +377,7 @@ def validate(config: Config) -> None:
     for name in ("adam_eps", "rmsprop_eps", "eval_interval", "status_interval", "death_window", "checkpoint_interval",
                  "hang_timeout", "stop_timeout"):
         _positive(name, getattr(config, name))
-    for name in ("lr", "time_limit", "eval_every_frames"):
+    for name in ("lr", "clip_ratio", "time_limit", "eval_every_frames"):
         if getattr(config, name) is not None:
             _positive(name, getattr(config, name))
     for name in ("gamma", "gae_lambda"):
@@ -387,8 +388,6 @@ def validate(config: Config) -> None:
         if getattr(config, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(config, name)}")
     _positive("max_grad_norm", config.max_grad_norm)
-    if config.clip_ratio is not None:
-        _positive("clip_ratio", config.clip_ratio)
     if not 0 <= config.sticky_actions < 1:
         raise ConfigError(f"sticky_actions must lie in [0, 1), got {config.sticky_actions}")
     if config.reward_scale is not None:

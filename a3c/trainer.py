@@ -32,7 +32,7 @@ from a3c.checkpoint import (
     restore_training,
     writing,
 )
-from a3c.config import DEFAULT_ADAM_BETA1, FEW_WORKERS, Config, ConfigError, validate
+from a3c.config import CLIP_RATIO_FEW, DEFAULT_ADAM_BETA1, Config, ConfigError, validate
 from a3c.envs import env_spaces
 from a3c.logger import RunLogger
 from a3c.messages import (
@@ -129,7 +129,7 @@ def further_pass_choice(config: Config) -> str:
     words = f"{config.rollout_passes} steps on each rollout, the further ones clipped at {config.further_pass_clip:.3g}"
     if config.clip_ratio is not None:
         return words
-    if config.workers <= FEW_WORKERS:
+    if config.further_pass_clip == CLIP_RATIO_FEW:
         return words + " (the default)"
     return words + (f" (the default for {config.workers} workers: the policy moves further between acting "
                     f"and a further step, as more updates land in between)")
