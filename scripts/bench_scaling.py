@@ -34,10 +34,12 @@ STALENESS = re.compile(r"staleness ([\d.]+) \(max (\d+)\)")
 MARKS = (1_000_000, 2_000_000, 3_000_000, 4_000_000, 5_000_000, 10_000_000)
 
 
-def training_return_at(episodes: list[dict[str, str]], frames: int, window: int = 100) -> float | None:
-    """The mean return of the last `window` training episodes reported by `frames` frames."""
+def training_return_at(episodes: list[dict[str, str]], frames: int, reached: int, window: int = 100
+                       ) -> float | None:
+    """The mean return of the last `window` training episodes reported by `frames` frames, of a run
+    that trained `reached` frames."""
     before = sorted((int(r["frames"]), float(r["return"])) for r in episodes if int(r["frames"]) <= frames)
-    if len(before) < window // 2 or not any(int(r["frames"]) > frames for r in episodes):
+    if len(before) < window // 2 or reached < frames:
         return None  # too few episodes yet, or the run did not get this far
     return float(np.mean([value for _, value in before[-window:]]))
 
@@ -59,6 +61,7 @@ def run_count(workers: int, settings: dict[str, Any], runs_dir: Path) -> Path:
 def summarise(workers: int, run_dir: Path, target: float) -> dict[str, Any]:
     evaluations = read_rows(run_dir / EVALUATIONS_CSV)
     episodes = read_rows(run_dir / TRAIN_EPISODES_CSV)
+    reached = int(evaluations[-1]["frames"]) if evaluations else 0  # the final evaluation's, at the run's end
     hit = next((r for r in evaluations if float(r["mean_reward"]) >= target), None)
     log_path = run_dir.parent / f"{run_dir.name}.log"
     log = log_path.read_text() if log_path.exists() else ""
@@ -68,9 +71,9 @@ def summarise(workers: int, run_dir: Path, target: float) -> dict[str, Any]:
             "seconds_to_target": float(hit["time"]) if hit else None,
             "best_eval": max((float(r["mean_reward"]) for r in evaluations), default=None),
             "evaluations": len(evaluations),
-            "frames": int(evaluations[-1]["frames"]) if evaluations else None,
+            "frames": reached or None,
             "seconds": float(evaluations[-1]["time"]) if evaluations else None,
-            "training_return": {mark: training_return_at(episodes, mark) for mark in MARKS},
+            "training_return": {mark: training_return_at(episodes, mark, reached) for mark in MARKS},
             "staleness_mean": float(np.mean([s for s, _ in staleness])) if staleness else None,
             "staleness_max": max((m for _, m in staleness), default=None)}
 
