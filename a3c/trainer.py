@@ -113,12 +113,9 @@ def adam_momentum_choice(config: Config) -> str:
     if config.optimizer != "adam":
         return ""
     beta1 = config.adam_betas[0]
-    if config.adam_beta1 is not None:
-        return f", beta1 {beta1:.3g}"
-    if beta1 == DEFAULT_ADAM_BETA1:
-        return f", beta1 {beta1:.3g} (the default)"
-    return (f", beta1 {beta1:.3g} (the default for {config.workers} workers: each update lands "
-            f"{config.workers - 1} or more others late, a lag that momentum would add to)")
+    return f", beta1 {beta1:.3g}" + worker_count_default(
+        config, config.adam_beta1, beta1, DEFAULT_ADAM_BETA1,
+        f"each update lands {config.workers - 1} or more others late, a lag that momentum would add to")
 
 
 def further_pass_choice(config: Config) -> str:
@@ -126,13 +123,20 @@ def further_pass_choice(config: Config) -> str:
     is the default, why it is what it is."""
     if config.rollout_passes == 1:
         return "one step on each rollout (A3C's)"
-    words = f"{config.rollout_passes} steps on each rollout, the further ones clipped at {config.further_pass_clip:.3g}"
-    if config.clip_ratio is not None:
-        return words
-    if config.further_pass_clip == CLIP_RATIO_FEW:
-        return words + " (the default)"
-    return words + (f" (the default for {config.workers} workers: the policy moves further between acting "
-                    f"and a further step, as more updates land in between)")
+    clip = config.further_pass_clip
+    return f"{config.rollout_passes} steps on each rollout, the further ones clipped at {clip:.3g}" + worker_count_default(
+        config, config.clip_ratio, clip, CLIP_RATIO_FEW,
+        "the policy moves further between acting and a further step, as more updates land in between")
+
+
+def worker_count_default(config: Config, given: float | None, value: float, few_workers_value: float, why: str) -> str:
+    """Words after a setting whose default depends on the number of workers: none where the user gave
+    it, " (the default)" where it is the value of few workers, else which workers it is for and why."""
+    if given is not None:
+        return ""
+    if value == few_workers_value:
+        return " (the default)"
+    return f" (the default for {config.workers} workers: {why})"
 
 
 class RemoteWorkers(Protocol):
