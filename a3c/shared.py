@@ -110,8 +110,8 @@ class SharedTraining:
 
     def weights_are_finite(self) -> bool:
         """Checked on a snapshot: torch.isfinite tests x == x, and reading an element twice while a
-        worker writes it can see two different values. On the live weights, with two processes
-        stepping the optimizer without pause, 643 of 737,189 checks saw non-finite weights that never were."""
+        worker writes it can see two different values, so a check of the live weights can report
+        non-finite weights that never were (tests/test_shared_optim.py races the two)."""
         return bool(torch.isfinite(self.params.clone()).all())
 
     def beat(self, slot: int) -> None:
